@@ -1,0 +1,20 @@
+"""skcrnn: collaborative recurrent neural network recommenders for scikit-learn.
+
+Estimators model ``P(next item | the user's past)`` from event DataFrames (one
+row per event with a user, an item and a time column); see the user guide.
+"""
+
+from ._base import BaseRecommender
+from ._counts import (BigramRecommender, PersonalUnigramRecommender,
+                      UniformRecommender, UnigramRecommender)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseRecommender",
+    "BigramRecommender",
+    "PersonalUnigramRecommender",
+    "UniformRecommender",
+    "UnigramRecommender",
+    "__version__",
+]

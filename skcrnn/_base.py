@@ -1,0 +1,437 @@
+"""The base class every recommender derives from.
+
+:class:`BaseRecommender` implements the public contract of the package once
+(validation, encoding, ``score_samples``, ``score``, ``predict_proba``,
+``predict``, ``recommend``, ``handle_unknown``). A model fills in two steps:
+
+``_fit_sequences(sequences)``
+    learn from the encoded training sequences (one group per known user);
+``_log_proba(sequences, prefixes, targets=None)``
+    next-item log-probabilities after the requested prefixes of *continuation*
+    sequences, i.e. sequences that continue each group's user's training
+    history (the empty prefix of a group is "right after the training
+    history"; a group whose user code is ``-1`` belongs to a user the model does
+    not know, whose history is empty).
+"""
+
+import warnings
+from abc import ABCMeta, abstractmethod
+from collections.abc import Hashable
+from numbers import Integral
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._events import Sequences, check_events, group_sorted, time_order
+
+#: Largest ``predict_proba`` answer (rows x items) built in memory.
+MAX_PREDICT_PROBA_CELLS = 2 ** 27
+#: Rows x items of log-probabilities computed at once by the chunked paths.
+_CHUNK_CELLS = 2 ** 22
+
+
+class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
+    """Base class for next-item recommenders over event DataFrames.
+
+    Subclasses implement ``_fit_sequences`` and ``_log_proba``; everything a
+    user calls is implemented here. Not meant to be instantiated.
+    """
+
+    _parameter_constraints = {
+        "user_col": [Hashable],
+        "item_col": [Hashable],
+        "time_col": [Hashable],
+        "handle_unknown": [StrOptions({"ignore", "error"})],
+    }
+
+    # ------------------------------------------------------------------ steps
+    @abstractmethod
+    def _fit_sequences(self, sequences):
+        """Learn from encoded training sequences (group ``u`` is user ``u``)."""
+
+    @abstractmethod
+    def _log_proba(self, sequences, prefixes, targets=None):
+        """Next-item log-probabilities after prefixes of continuation sequences.
+
+        Parameters
+        ----------
+        sequences : Sequences
+            Continuations of the training histories of ``sequences.user_codes``.
+        prefixes : ndarray of int64
+            Prefix ids: prefix ``k`` of group ``g`` (its first ``k`` items) has
+            id ``sequences.prefix_start[g] + k``.
+        targets : ndarray of int64 or None
+            Item codes, one per prefix.
+
+        Returns
+        -------
+        ndarray
+            ``log P(targets[j] | prefix j)`` of shape ``(len(prefixes),)`` when
+            ``targets`` is given, else the whole distributions, of shape
+            ``(len(prefixes), n_items_)``.
+        """
+
+    # -------------------------------------------------------------------- fit
+    def fit(self, X, y=None):
+        """Learn from the events in ``X``.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events with the user, item and time columns.
+        y : None
+            Ignored; present for scikit-learn's API.
+
+        Returns
+        -------
+        self : object
+            The fitted recommender.
+        """
+        self._validate_params()
+        self._check_fit_params()
+        users, items, times = self._check_events(X)
+        self.classes_, item_codes = np.unique(items, return_inverse=True)
+        self.users_, user_codes = np.unique(users, return_inverse=True)
+        self.n_items_ = len(self.classes_)
+        self.n_users_ = len(self.users_)
+        order = time_order(user_codes, times)
+        history = Sequences(
+            user_codes=np.arange(self.n_users_, dtype=np.int64),
+            indptr=group_sorted(user_codes[order], self.n_users_),
+            items=item_codes[order].astype(np.int64))
+        self._history = history
+        self._fit_sequences(history)
+        return self
+
+    def _check_fit_params(self):
+        """Checks of parameters that constraints cannot express (override)."""
+
+    # ---------------------------------------------------------------- scoring
+    def score_samples(self, X):
+        """Log-probability of each event given the user's history.
+
+        The history of a row is the user's events seen in ``fit`` followed by
+        the user's earlier rows of ``X`` (by time; ties keep row order).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events with the user, item and time columns.
+
+        Returns
+        -------
+        ndarray of shape (n_rows,)
+            ``log P(item | history)`` in natural log, in the row order of ``X``;
+            NaN for rows whose item is unknown to the model (when
+            ``handle_unknown="ignore"``).
+        """
+        return self._score_rows(X)[0]
+
+    def score(self, X, y=None):
+        """Mean over users of the mean log-probability of their events.
+
+        This is minus the paper's error: greater is better.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events with the user, item and time columns.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        float
+            The mean over users (with at least one scored row) of the mean of
+            :meth:`score_samples` over that user's scored rows.
+        """
+        log_proba, groups = self._score_rows(X)
+        return _mean_of_group_means(log_proba, groups)
+
+    def _score_rows(self, X):
+        encoded = self._encode_continuations(X)
+        log_proba = np.full(len(encoded.row_items), np.nan)
+        known = encoded.row_items >= 0
+        if known.any():
+            log_proba[known] = self._log_proba(
+                encoded.sequences, encoded.row_prefixes[known],
+                encoded.row_items[known])
+        return log_proba, encoded.row_groups
+
+    def predict_proba(self, X):
+        """The whole next-item distribution before each row of ``X``.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events with the user, item and time columns.
+
+        Returns
+        -------
+        ndarray of shape (n_rows, n_items)
+            Row ``i`` is ``P(. | history before row i)``, columns in the order
+            of ``classes_``. Meant for small ``X``: use :meth:`score_samples` or
+            :meth:`recommend` on large inputs.
+        """
+        check_is_fitted(self)
+        n_cells = len(X) * self.n_items_ if hasattr(X, "__len__") else 0
+        if n_cells > MAX_PREDICT_PROBA_CELLS:
+            raise ValueError(
+                f"predict_proba would build a {len(X)} x {self.n_items_} matrix "
+                f"({n_cells} cells, more than {MAX_PREDICT_PROBA_CELLS}); use "
+                f"score_samples for the probability of the observed items, "
+                f"recommend for the top items, or pass fewer rows.")
+        encoded = self._encode_continuations(X)
+        proba = np.empty((len(encoded.row_items), self.n_items_))
+        for rows, log_proba in self._full_log_proba(encoded.sequences,
+                                                    encoded.row_prefixes):
+            proba[rows] = np.exp(log_proba)
+        return proba
+
+    def predict(self, X):
+        """The most probable next item before each row of ``X``.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events with the user, item and time columns.
+
+        Returns
+        -------
+        ndarray of shape (n_rows,)
+            Item labels from ``classes_``.
+        """
+        encoded = self._encode_continuations(X)
+        best = np.empty(len(encoded.row_items), dtype=np.int64)
+        for rows, log_proba in self._full_log_proba(encoded.sequences,
+                                                    encoded.row_prefixes):
+            best[rows] = np.argmax(log_proba, axis=1)
+        return self.classes_[best]
+
+    def recommend(self, users, k=10, exclude_seen=False):
+        """The ``k`` most probable next items of each user.
+
+        Parameters
+        ----------
+        users : array-like or scalar
+            User labels. Users unknown to the model are recommended from an
+            empty history (``handle_unknown="ignore"``, with a warning) or
+            rejected (``"error"``).
+        k : int, default=10
+            How many items per user, ``1 <= k <= n_items_``.
+        exclude_seen : bool, default=False
+            Leave out items in the user's training history (a user may then get
+            fewer than ``k`` rows).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns user, item, ``score`` (the log-probability) and ``rank``
+            (1 for the best), ``k`` rows per user in the order of ``users``.
+        """
+        check_is_fitted(self)
+        users = _as_label_array(users, "users")
+        if not isinstance(k, Integral) or isinstance(k, bool):
+            raise TypeError(f"k must be an integer; got {type(k).__name__}.")
+        if not 1 <= k <= self.n_items_:
+            raise ValueError(
+                f"k must be between 1 and the number of known items "
+                f"({self.n_items_}); got {k}.")
+        users = pd.unique(users)
+        codes = self._encode_users(users)
+        sequences = Sequences(codes, np.zeros(len(codes) + 1, dtype=np.int64),
+                              np.empty(0, dtype=np.int64))
+        item_idx = np.empty((len(users), k), dtype=np.int64)
+        scores = np.empty((len(users), k))
+        for rows, log_proba in self._full_log_proba(sequences,
+                                                    sequences.prefix_start):
+            if exclude_seen:
+                _mask_seen(log_proba, self._history, codes[rows])
+            item_idx[rows], scores[rows] = _top_k(log_proba, k)
+        frame = pd.DataFrame({
+            self.user_col: np.repeat(users, k),
+            self.item_col: self.classes_[item_idx.ravel()],
+            "score": scores.ravel(),
+            "rank": np.tile(np.arange(1, k + 1), len(users)),
+        })
+        if exclude_seen:
+            frame = frame[np.isfinite(frame["score"].to_numpy())]
+        return frame.reset_index(drop=True)
+
+    def _rank_statistics(self, X):
+        """For each row: items strictly more probable, and other items as probable.
+
+        Returns two float arrays (NaN where the row's item is unknown) and the
+        rows' user groups; used by the ranking metrics.
+        """
+        encoded = self._encode_continuations(X)
+        greater = np.full(len(encoded.row_items), np.nan)
+        ties = np.full(len(encoded.row_items), np.nan)
+        known = np.flatnonzero(encoded.row_items >= 0)
+        targets = encoded.row_items[known]
+        for rows, log_proba in self._full_log_proba(
+                encoded.sequences, encoded.row_prefixes[known]):
+            target_lp = log_proba[np.arange(len(rows)), targets[rows]][:, None]
+            greater[known[rows]] = (log_proba > target_lp).sum(axis=1)
+            ties[known[rows]] = (log_proba == target_lp).sum(axis=1) - 1
+        return greater, ties, encoded.row_groups
+
+    # --------------------------------------------------------------- encoding
+    def _check_events(self, X):
+        return check_events(X, self.user_col, self.item_col, self.time_col)
+
+    def _encode_users(self, users):
+        codes = self._user_index.get_indexer(users).astype(np.int64)
+        n_unknown = int((codes < 0).sum())
+        if n_unknown:
+            examples = list(pd.unique(users[codes < 0])[:5])
+            if self.handle_unknown == "error":
+                raise ValueError(
+                    f"{n_unknown} user(s) unknown to the model, e.g. {examples}; "
+                    f"set handle_unknown='ignore' to score them from an empty "
+                    f"history.")
+            warnings.warn(
+                f"{n_unknown} row(s) belong to users unknown to the model "
+                f"(e.g. {examples}); they are scored from an empty history.",
+                UserWarning, stacklevel=3)
+        return codes
+
+    def _encode_continuations(self, X):
+        check_is_fitted(self)
+        users, items, times = self._check_events(X)
+        item_codes = self._item_index.get_indexer(items).astype(np.int64)
+        n_unknown = int((item_codes < 0).sum())
+        if n_unknown:
+            examples = list(pd.unique(items[item_codes < 0])[:5])
+            if self.handle_unknown == "error":
+                raise ValueError(
+                    f"{n_unknown} row(s) of X have items unknown to the model, "
+                    f"e.g. {examples}; set handle_unknown='ignore' to leave them "
+                    f"out of the scoring.")
+            warnings.warn(
+                f"{n_unknown} row(s) of X have items unknown to the model "
+                f"(e.g. {examples}); they are left out of the scoring (NaN) and "
+                f"of the users' histories.", UserWarning, stacklevel=3)
+        row_groups, group_users = pd.factorize(users)
+        user_codes = self._encode_users(np.asarray(group_users, dtype=object)
+                                        if group_users.dtype == object
+                                        else np.asarray(group_users))
+        return _Continuations.build(row_groups, user_codes, item_codes, times)
+
+    @property
+    def _user_index(self):
+        return pd.Index(self.users_)
+
+    @property
+    def _item_index(self):
+        return pd.Index(self.classes_)
+
+    # ----------------------------------------------------------- full chunks
+    def _full_log_proba(self, sequences, prefixes):
+        """Yield ``(positions, log_proba)`` for the requested prefixes.
+
+        ``positions`` index into ``prefixes``; the work is split into chunks of
+        whole groups so that at most about ``_CHUNK_CELLS`` log-probabilities
+        exist at once.
+        """
+        prefixes = np.asarray(prefixes, dtype=np.int64)
+        if len(prefixes) == 0:
+            return
+        starts = sequences.prefix_start
+        group = np.searchsorted(starts, prefixes, side="right") - 1
+        order = np.argsort(group, kind="stable")
+        rows_per_chunk = max(1, _CHUNK_CELLS // self.n_items_)
+        chunk_of = np.arange(len(order)) // rows_per_chunk
+        # keep a group whole: it goes to the chunk its first requested row is in
+        group_sorted_ = group[order]
+        first = np.r_[True, group_sorted_[1:] != group_sorted_[:-1]]
+        chunk_of = np.maximum.accumulate(np.where(first, chunk_of, 0))
+        for chunk in np.unique(chunk_of):
+            positions = order[chunk_of == chunk]
+            groups, local = np.unique(group[positions], return_inverse=True)
+            subset = sequences.subset(groups)
+            local_prefixes = (prefixes[positions] - starts[group[positions]]
+                              + subset.prefix_start[local])
+            yield positions, self._log_proba(subset, local_prefixes)
+
+
+class _Continuations:
+    """Rows of a scored frame encoded as continuation sequences.
+
+    Attributes: ``sequences`` (known items only, one group per distinct user
+    of the frame), and per row of the frame its group, its item code (-1 when
+    unknown) and the id of the prefix that precedes it.
+    """
+
+    def __init__(self, sequences, row_groups, row_items, row_prefixes):
+        self.sequences = sequences
+        self.row_groups = row_groups
+        self.row_items = row_items
+        self.row_prefixes = row_prefixes
+
+    @classmethod
+    def build(cls, row_groups, user_codes, item_codes, times):
+        n_groups = len(user_codes)
+        order = time_order(row_groups, times)
+        groups_sorted = row_groups[order]
+        items_sorted = item_codes[order]
+        known = items_sorted >= 0
+        sequences = Sequences(
+            user_codes=user_codes,
+            indptr=group_sorted(groups_sorted[known], n_groups),
+            items=items_sorted[known])
+        # known items of the same group strictly before each sorted row
+        known_before = np.cumsum(known) - known
+        group_first = np.searchsorted(groups_sorted, np.arange(n_groups))
+        known_before -= known_before[group_first][groups_sorted]
+        prefixes_sorted = sequences.prefix_start[groups_sorted] + known_before
+        row_prefixes = np.empty_like(prefixes_sorted)
+        row_prefixes[order] = prefixes_sorted
+        return cls(sequences, row_groups, item_codes, row_prefixes)
+
+
+def _mean_of_group_means(values, groups):
+    scored = ~np.isnan(values)
+    if not scored.any():
+        raise ValueError("No row of X could be scored: every item is unknown "
+                         "to the model.")
+    n_groups = int(groups.max()) + 1
+    sums = np.bincount(groups[scored], weights=values[scored], minlength=n_groups)
+    counts = np.bincount(groups[scored], minlength=n_groups)
+    has_rows = counts > 0
+    return float(np.mean(sums[has_rows] / counts[has_rows]))
+
+
+def _as_label_array(values, name):
+    if isinstance(values, (pd.DataFrame, dict)):
+        raise TypeError(f"{name} must be a scalar label or a 1-d list of labels; "
+                        f"got {type(values).__name__}.")
+    array = np.asarray(values if not np.isscalar(values) else [values])
+    if array.dtype.kind == "U":
+        array = array.astype(object)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional; got shape {array.shape}.")
+    if len(array) == 0:
+        raise ValueError(f"{name} is empty.")
+    if pd.isna(array).any():
+        raise ValueError(f"{name} contains missing values (NaN/None).")
+    return array
+
+
+def _mask_seen(log_proba, history, user_codes):
+    known = np.flatnonzero(user_codes >= 0)
+    seen = history.subset(user_codes[known])
+    log_proba[known[seen.group_of_event], seen.items] = -np.inf
+
+
+def _top_k(log_proba, k):
+    """Indices and values of each row's k largest entries, best first.
+
+    A stable sort breaks ties by the smaller item index, so results are
+    deterministic.
+    """
+    top = np.argsort(-log_proba, axis=1, kind="stable")[:, :k]
+    return top, np.take_along_axis(log_proba, top, axis=1)

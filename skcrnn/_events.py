@@ -1,0 +1,175 @@
+"""Validation of event frames and their encoding into per-user sequences.
+
+An *events* frame has one row per event with a user, an item and a time
+column. Everything downstream works on :class:`Sequences`: integer item codes
+grouped by user (CSR layout), each group sorted by time with a stable sort so
+that ties keep their row order.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+_LABEL_KINDS = {"integer", "string", "floating", "boolean", "mixed-integer-float",
+                "bytes", "decimal"}
+
+
+def check_events(X, user_col="user", item_col="item", time_col="timestamp",
+                 name="X"):
+    """Validate an events frame and return its three columns as arrays.
+
+    Parameters
+    ----------
+    X : pandas.DataFrame
+        The events, one row per event.
+    user_col, item_col, time_col : str
+        Names of the user, item and time columns.
+    name : str
+        How to call ``X`` in error messages.
+
+    Returns
+    -------
+    users, items : numpy.ndarray
+        The label columns, as they are in ``X``.
+    times : numpy.ndarray of int64 or float64
+        The time column as sortable numbers (datetimes as nanoseconds, UTC).
+
+    Raises
+    ------
+    TypeError
+        If ``X`` is not a DataFrame, or a column has an unusable type.
+    ValueError
+        If a column is missing or duplicated, ``X`` is empty, or a value is
+        missing.
+    """
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(
+            f"{name} must be a pandas DataFrame of events with columns "
+            f"{user_col!r}, {item_col!r}, {time_col!r}; got {type(X).__name__}.")
+    columns = (user_col, item_col, time_col)
+    if len(set(columns)) != 3:
+        raise ValueError(
+            f"user_col, item_col and time_col must be three different columns; "
+            f"got {columns!r}.")
+    missing = [c for c in columns if c not in X.columns]
+    if missing:
+        raise ValueError(
+            f"{name} is missing the column(s) {missing!r}; it has "
+            f"{list(X.columns)!r}. Rename them or pass user_col/item_col/time_col.")
+    duplicated = [c for c in columns if int((X.columns == c).sum()) > 1]
+    if duplicated:
+        raise ValueError(f"{name} has duplicated column(s) {duplicated!r}.")
+    if len(X) == 0:
+        raise ValueError(f"{name} has no rows: at least one event is needed.")
+    users = _check_labels(X[user_col], user_col, name)
+    items = _check_labels(X[item_col], item_col, name)
+    times = _check_times(X[time_col], time_col, name)
+    return users, items, times
+
+
+def _check_labels(column, col_name, name):
+    n_missing = int(column.isna().sum())
+    if n_missing:
+        raise ValueError(
+            f"{name}[{col_name!r}] has {n_missing} missing value(s) (NaN/None); "
+            f"drop or fill them before fitting or scoring.")
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(column.cat.categories.dtype)
+    kind = pd.api.types.infer_dtype(column, skipna=False)
+    if kind not in _LABEL_KINDS:
+        raise TypeError(
+            f"{name}[{col_name!r}] must hold labels of one kind (all integers or "
+            f"all strings, for instance); pandas infers {kind!r}.")
+    return column.to_numpy()
+
+
+def _check_times(column, col_name, name):
+    n_missing = int(column.isna().sum())
+    if n_missing:
+        raise ValueError(
+            f"{name}[{col_name!r}] has {n_missing} missing time(s) (NaN/NaT).")
+    dtype = column.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return column.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().view(
+            np.int64)
+    if pd.api.types.is_datetime64_dtype(dtype):
+        return column.to_numpy().view(np.int64)
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        hint = ("a mix of time zones" if pd.api.types.infer_dtype(column) == "datetime"
+                else f"dtype {dtype}")
+        raise TypeError(
+            f"{name}[{col_name!r}] must be numeric or datetime64; it has {hint}. "
+            f"Convert it with pandas.to_datetime(..., utc=True) or to numbers.")
+    values = column.to_numpy()
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError(f"{name}[{col_name!r}] has infinite time(s).")
+    return values
+
+
+def time_order(group_codes, times):
+    """Row order that sorts by group then time, keeping ties in row order."""
+    order = np.argsort(times, kind="stable")
+    return order[np.argsort(group_codes[order], kind="stable")]
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Item sequences grouped by user, in CSR layout.
+
+    Attributes
+    ----------
+    user_codes : ndarray of shape (n_groups,)
+        The model's code of each group's user, ``-1`` for a user the model
+        does not know.
+    indptr : ndarray of shape (n_groups + 1,)
+        Group ``g`` holds ``items[indptr[g]:indptr[g + 1]]``.
+    items : ndarray of shape (n_events,)
+        Item codes (all known to the model), in time order within each group.
+    """
+
+    user_codes: np.ndarray
+    indptr: np.ndarray
+    items: np.ndarray
+
+    @property
+    def n_groups(self):
+        return len(self.user_codes)
+
+    @property
+    def lengths(self):
+        return np.diff(self.indptr)
+
+    @property
+    def group_of_event(self):
+        return np.repeat(np.arange(self.n_groups), self.lengths)
+
+    @property
+    def position_of_event(self):
+        """Each event's position inside its group (0 for the first)."""
+        return np.arange(len(self.items)) - np.repeat(self.indptr[:-1], self.lengths)
+
+    @property
+    def n_prefixes(self):
+        """Each group of length n has n + 1 prefixes (lengths 0 to n)."""
+        return len(self.items) + self.n_groups
+
+    @property
+    def prefix_start(self):
+        """Id of each group's empty prefix; prefix ``(g, k)`` has id start[g] + k."""
+        return self.indptr[:-1] + np.arange(self.n_groups)
+
+    def subset(self, groups):
+        """The sequences of the given group indices, in that order."""
+        groups = np.asarray(groups, dtype=np.int64)
+        lengths = self.lengths[groups]
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        starts = self.indptr[groups]
+        event_index = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+        return Sequences(self.user_codes[groups], indptr, self.items[event_index])
+
+
+def group_sorted(group_codes, n_groups):
+    """``indptr`` of codes that are already sorted, with ``n_groups`` groups."""
+    counts = np.bincount(group_codes, minlength=n_groups)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
