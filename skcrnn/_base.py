@@ -287,7 +287,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         codes = self._user_index.get_indexer(users).astype(np.int64)
         n_unknown = int((codes < 0).sum())
         if n_unknown:
-            examples = list(pd.unique(users[codes < 0])[:5])
+            examples = pd.unique(users[codes < 0])[:5].tolist()
             if self.handle_unknown == "error":
                 raise ValueError(
                     f"{n_unknown} user(s) unknown to the model, e.g. {examples}; "
@@ -305,7 +305,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         item_codes = self._item_index.get_indexer(items).astype(np.int64)
         n_unknown = int((item_codes < 0).sum())
         if n_unknown:
-            examples = list(pd.unique(items[item_codes < 0])[:5])
+            examples = pd.unique(items[item_codes < 0])[:5].tolist()
             if self.handle_unknown == "error":
                 raise ValueError(
                     f"{n_unknown} row(s) of X have items unknown to the model, "
