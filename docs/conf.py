@@ -1,0 +1,24 @@
+"""Sphinx configuration of the skcrnn documentation."""
+
+import skcrnn
+
+project = "skcrnn"
+author = "the skcrnn developers"
+release = skcrnn.__version__
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.intersphinx",
+    "numpydoc",
+]
+autosummary_generate = True
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+templates_path = []
+exclude_patterns = ["_build"]
+html_theme = "alabaster"
+intersphinx_mapping = {}
+nitpicky = False

@@ -1,0 +1,383 @@
+"""Tests of the fetchers, through the real download path.
+
+A local HTTP server on 127.0.0.1 serves generated files in the published
+layouts; no other address is ever contacted (the registry is pointed at a
+closed local port unless a test points it at the server).
+"""
+
+import gzip
+import hashlib
+import io
+import socket
+import tarfile
+import threading
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from skcrnn.datasets import (fetch_brightkite, fetch_lastfm_1k, load_lastfm_1k,
+                             load_snap_checkins)
+from skcrnn.datasets import _fetch
+from skcrnn.datasets._fetch import _RemoteFile
+
+TSV_MEMBER = "lastfm-dataset-1K/userid-timestamp-artid-artname-traid-traname.tsv"
+TSV_NAME = "userid-timestamp-artid-artname-traid-traname.tsv"
+SNAP_NAME = "loc-brightkite_totalCheckins.txt.gz"
+
+SNAP_TEXT = "".join(
+    f"{user}\t2010-10-{day:02d}T01:48:53Z\t39.7\t-104.9\tloc{(user * 7 + day) % 5}\n"
+    for user in range(4) for day in range(1, 11))
+LASTFM_TEXT = "".join(
+    f"user_{user:06d}\t2009-05-{day:02d}T13:54:10Z\t"
+    f"{'' if day % 3 else 'a7f7df4a-77d8-4f12-8acd-5c60c93f4de8'}\tArtist {day % 4}"
+    f"\t\tTrack \"{day}\"\n"
+    for user in range(1, 4) for day in range(28, 0, -1))
+
+
+# ---------------------------------------------------------------- helpers
+class LocalServer:
+    """An HTTP server on 127.0.0.1 serving bytes from a dict of routes."""
+
+    def __init__(self):
+        self.routes = {}
+        routes = self.routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path not in routes:
+                    self.send_error(404, "Not Found")
+                    return
+                body, truncate = routes[self.path]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if truncate else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,),
+                                       daemon=True)
+        self.thread.start()
+
+    def serve(self, path, body, truncate=False):
+        self.routes[path] = (body, truncate)
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def closed_port_url(path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def cached_files(home):
+    return sorted(str(p.relative_to(home)) for p in Path(home).rglob("*") if p.is_file())
+
+
+def tar_gz(members):
+    """A gzip'd tar from (TarInfo, data or None) pairs."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def file_member(name, data):
+    return tarfile.TarInfo(name), data
+
+
+def link_member(name, target, kind=tarfile.SYMTYPE):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+def lastfm_archive(*extra_after, extra_before=()):
+    data = LASTFM_TEXT.encode()
+    directory = tarfile.TarInfo("lastfm-dataset-1K")
+    directory.type = tarfile.DIRTYPE
+    return tar_gz([
+        (directory, None),
+        *extra_before,
+        file_member("lastfm-dataset-1K/README.txt", b"Version 1.0, May 2010\n"),
+        file_member(TSV_MEMBER, data),
+        file_member("lastfm-dataset-1K/userid-profile.tsv", b"user_000001\tm\n"),
+        *extra_after,
+    ])
+
+
+def register(monkeypatch, name, **fields):
+    defaults = {"brightkite": dict(filename=SNAP_NAME),
+                "lastfm_1k": dict(filename="lastfm-dataset-1K.tar.gz",
+                                  member=TSV_MEMBER)}[name]
+    monkeypatch.setitem(_fetch._REMOTE_FILES, name,
+                        _RemoteFile(**{**defaults, **fields}))
+
+
+def quietly(function, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return function(*args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def local_only(monkeypatch):
+    """Never reach the real publishers, nor a proxy, from these tests."""
+    for name in list(_fetch._REMOTE_FILES):
+        register(monkeypatch, name, url=closed_port_url(f"/{name}"))
+    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                     "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+
+
+@pytest.fixture
+def server():
+    local = LocalServer()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def snap_gz():
+    return gzip.compress(SNAP_TEXT.encode())
+
+
+# -------------------------------------------------------------- Brightkite
+def test_brightkite_download_then_cache_without_network(tmp_path, server, snap_gz,
+                                                        monkeypatch):
+    url = server.serve("/data/" + SNAP_NAME, snap_gz)
+    register(monkeypatch, "brightkite", url=url, sha256=sha256(snap_gz))
+    events = quietly(fetch_brightkite, tmp_path)
+
+    assert cached_files(tmp_path) == [f"brightkite/{SNAP_NAME}"]
+    assert (tmp_path / "brightkite" / SNAP_NAME).read_bytes() == snap_gz
+    assert len(events) == 40 and events["user"].nunique() == 4
+    source = tmp_path / "source.txt"
+    source.write_text(SNAP_TEXT)
+    pd.testing.assert_frame_equal(events, load_snap_checkins(source))
+
+    server.stop()
+    register(monkeypatch, "brightkite", url=closed_port_url("/gone"),
+             sha256=sha256(snap_gz))
+    again = quietly(fetch_brightkite, tmp_path, download_if_missing=False,
+                    user_col="u", item_col="i", time_col="t")
+    assert list(again.columns[:3]) == ["u", "i", "t"]
+    pd.testing.assert_frame_equal(again.set_axis(events.columns, axis=1), events)
+
+
+def test_unpinned_checksum_warns_and_checks_gzip(tmp_path, server, snap_gz,
+                                                 monkeypatch):
+    register(monkeypatch, "brightkite",
+             url=server.serve("/b.gz", snap_gz), sha256=None)
+    with pytest.warns(UserWarning, match="No SHA-256 checksum .* gzip integrity"):
+        events = fetch_brightkite(tmp_path)
+    assert len(events) == 40
+    assert cached_files(tmp_path) == [f"brightkite/{SNAP_NAME}"]
+
+
+def test_url_keyword_overrides_the_registry(tmp_path, server, snap_gz):
+    url = server.serve("/mirror/b.gz", snap_gz)
+    with pytest.warns(UserWarning, match="No SHA-256"):
+        events = fetch_brightkite(tmp_path, url=url)
+    assert len(events) == 40
+
+
+def test_data_home_from_environment(tmp_path, server, snap_gz, monkeypatch):
+    register(monkeypatch, "brightkite", url=server.serve("/b.gz", snap_gz),
+             sha256=sha256(snap_gz))
+    monkeypatch.setenv("SKCRNN_DATA", str(tmp_path / "env-home"))
+    quietly(fetch_brightkite)
+    assert cached_files(tmp_path / "env-home") == [f"brightkite/{SNAP_NAME}"]
+    monkeypatch.delenv("SKCRNN_DATA")
+    assert _fetch._get_data_home() == Path("~/skcrnn_data").expanduser()
+    assert _fetch._get_data_home("~/x") == Path.home() / "x"
+
+
+def test_checksum_mismatch_leaves_nothing(tmp_path, server, snap_gz, monkeypatch):
+    register(monkeypatch, "brightkite", url=server.serve("/b.gz", snap_gz),
+             sha256="0" * 64)
+    with pytest.raises(OSError, match="SHA-256 .* not the expected 0000"):
+        fetch_brightkite(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+def test_size_mismatch_leaves_nothing(tmp_path, server, snap_gz, monkeypatch):
+    register(monkeypatch, "brightkite", url=server.serve("/b.gz", snap_gz),
+             size=len(snap_gz) + 1)
+    with pytest.raises(OSError, match="the published file has"):
+        fetch_brightkite(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+def test_truncated_download_leaves_nothing(tmp_path, server, snap_gz, monkeypatch):
+    register(monkeypatch, "brightkite",
+             url=server.serve("/b.gz", snap_gz, truncate=True),
+             sha256=sha256(snap_gz))
+    with pytest.raises(OSError, match="truncated|interrupted"):
+        fetch_brightkite(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip"])
+def test_corrupted_gzip_leaves_nothing(tmp_path, server, snap_gz, monkeypatch,
+                                       damage):
+    if damage == "cut":
+        body = snap_gz[:-20]
+    else:
+        middle = len(snap_gz) // 2
+        body = snap_gz[:middle] + bytes([snap_gz[middle] ^ 0xFF]) + snap_gz[middle + 1:]
+    register(monkeypatch, "brightkite", url=server.serve("/b.gz", body), sha256=None)
+    with pytest.raises(OSError, match="not a valid gzip file"):
+        fetch_brightkite(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+def test_offline_error_says_what_to_do(tmp_path):
+    url = _fetch._REMOTE_FILES["brightkite"].url  # a closed port on 127.0.0.1
+    with pytest.raises(OSError) as caught:
+        fetch_brightkite(tmp_path)
+    message = str(caught.value)
+    assert f"Could not download {url}" in message
+    assert "offline" in message
+    assert str(tmp_path / "brightkite" / SNAP_NAME) in message
+    assert cached_files(tmp_path) == []
+
+
+def test_http_error(tmp_path, server, monkeypatch):
+    register(monkeypatch, "brightkite", url=server.serve("/x", b"") + "-missing")
+    with pytest.raises(OSError, match="HTTP 404"):
+        fetch_brightkite(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+def test_no_download_when_not_allowed(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download_if_missing is False") as caught:
+        fetch_brightkite(tmp_path, download_if_missing=False)
+    assert str(tmp_path / "brightkite" / SNAP_NAME) in str(caught.value)
+    assert not (tmp_path / "brightkite").exists()
+    with pytest.raises(FileNotFoundError, match=TSV_NAME):
+        fetch_lastfm_1k(tmp_path, download_if_missing=False)
+
+
+# ----------------------------------------------------------------- Last.fm
+def test_lastfm_download_extracts_only_the_log(tmp_path, server, monkeypatch):
+    archive = lastfm_archive()
+    register(monkeypatch, "lastfm_1k", url=server.serve("/l.tar.gz", archive),
+             sha256=sha256(archive),
+             member_md5=hashlib.md5(LASTFM_TEXT.encode()).hexdigest())
+    events = quietly(fetch_lastfm_1k, tmp_path)
+
+    assert cached_files(tmp_path) == [f"lastfm_1k/{TSV_NAME}"]
+    assert (tmp_path / "lastfm_1k" / TSV_NAME).read_text() == LASTFM_TEXT
+    assert len(events) == 84 and events["user"].nunique() == 3
+    source = tmp_path / "source.tsv"
+    source.write_text(LASTFM_TEXT)
+    pd.testing.assert_frame_equal(events, load_lastfm_1k(source))
+
+    server.stop()
+    pd.testing.assert_frame_equal(quietly(fetch_lastfm_1k, tmp_path), events)
+
+
+def test_lastfm_unpinned_archive_warns(tmp_path, server, monkeypatch):
+    archive = lastfm_archive()
+    register(monkeypatch, "lastfm_1k", url=server.serve("/l.tar.gz", archive),
+             member_md5=hashlib.md5(LASTFM_TEXT.encode()).hexdigest())
+    with pytest.warns(UserWarning, match="No SHA-256 .* published MD5"):
+        events = fetch_lastfm_1k(tmp_path)
+    assert len(events) == 84
+
+
+def test_lastfm_member_md5_mismatch_leaves_nothing(tmp_path, server, monkeypatch):
+    register(monkeypatch, "lastfm_1k",
+             url=server.serve("/l.tar.gz", lastfm_archive()), member_md5="f" * 32)
+    with pytest.raises(OSError, match="MD5 .* not the published ffff"):
+        fetch_lastfm_1k(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+def test_lastfm_corrupted_archive_leaves_nothing(tmp_path, server, monkeypatch):
+    archive = lastfm_archive()
+    register(monkeypatch, "lastfm_1k", url=server.serve("/l.tar.gz", archive[:-30]))
+    with pytest.raises(OSError, match="not a valid gzip'd tar archive"):
+        fetch_lastfm_1k(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+def test_lastfm_missing_member(tmp_path, server, monkeypatch):
+    archive = tar_gz([file_member("lastfm-dataset-1K/other.tsv", b"x\n")])
+    register(monkeypatch, "lastfm_1k", url=server.serve("/l.tar.gz", archive))
+    with pytest.raises(ValueError, match="has no member"):
+        fetch_lastfm_1k(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("make_archive, problem", [
+    (lambda root: lastfm_archive(file_member("../evil", b"evil\n")), "'..'"),
+    (lambda root: lastfm_archive(
+        extra_before=[file_member("lastfm-dataset-1K/../../evil", b"evil\n")]), "'..'"),
+    (lambda root: lastfm_archive(file_member(f"{root}/abs-evil", b"evil\n")),
+     "absolute path"),
+    (lambda root: lastfm_archive(link_member("lastfm-dataset-1K/escape",
+                                             "../../evil")), "symbolic link"),
+    (lambda root: lastfm_archive(
+        extra_before=[link_member("lastfm-dataset-1K/etc", "/etc/passwd")]),
+     "symbolic link"),
+    (lambda root: lastfm_archive(link_member("hard", "../outside", tarfile.LNKTYPE)),
+     "hard link"),
+    (lambda root: lastfm_archive(link_member("lastfm-dataset-1K/dev", "",
+                                             tarfile.CHRTYPE)), "character device"),
+    (lambda root: tar_gz([link_member(TSV_MEMBER, "README.txt")]),
+     "should be a regular file"),
+])
+def test_unsafe_archives_are_refused(tmp_path, server, monkeypatch, make_archive,
+                                     problem):
+    home = tmp_path / "home"
+    register(monkeypatch, "lastfm_1k",
+             url=server.serve("/l.tar.gz", make_archive(tmp_path)))
+    with pytest.raises(ValueError, match=problem):
+        fetch_lastfm_1k(home)
+    assert cached_files(home) == []
+    assert not list(tmp_path.rglob("*evil*"))
+
+
+def test_member_safety_rules():
+    check = _fetch._check_member_is_safe
+
+    def member(name, kind=tarfile.REGTYPE, target=""):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        return info
+
+    check(member("./lastfm-dataset-1K/data.tsv"), "a.tar")
+    check(member("a/b/link", tarfile.SYMTYPE, "../c"), "a.tar")  # stays inside
+    check(member("a/hard", tarfile.LNKTYPE, "a/data.tsv"), "a.tar")
+    for bad in (member("a/../../b"), member("/abs"), member("C:/windows"),
+                member("a\\..\\..\\b"), member("link", tarfile.SYMTYPE, "../x"),
+                member("a/link", tarfile.SYMTYPE, "/x"),
+                member("hard", tarfile.LNKTYPE, "../../x"),
+                member("fifo", tarfile.FIFOTYPE)):
+        with pytest.raises(ValueError, match="Refusing"):
+            check(bad, "a.tar")
