@@ -16,7 +16,9 @@ import pandas as pd
 
 from . import (BigramRecommender, PersonalUnigramRecommender, UniformRecommender,
                UnigramRecommender)
-from .metrics import sequence_nll
+from ._report import (error_by_bin, markdown, per_user_errors, plot_error_by_bin,
+                      plot_learning_curves, write_table)
+from .metrics import entropy_bins
 from .model_selection import preprocess_like_paper
 
 #: Shape of the paper's data sets after preprocessing (users, items, events).
@@ -65,7 +67,7 @@ def load_events(args):
 
 
 def run(args, out=sys.stdout):
-    """Run the comparison; return the results table."""
+    """Run the comparison, write the tables and plots; return the results."""
     events = load_events(args)
     protocol = args.protocol or (args.generated if args.data is None else "brightkite")
     train, test = preprocess_like_paper(events, protocol)
@@ -73,43 +75,54 @@ def run(args, out=sys.stdout):
           f"{train['user'].nunique():,} users, {train['item'].nunique():,} items, "
           f"{len(train):,} training and {len(test):,} held-out events", file=out)
     wanted = set(args.models) if args.models else None
-    rows = []
+    rows, errors, histories = [], {}, {}
     for spec in model_specs():
         if wanted is not None and spec.name not in wanted:
             continue
+        print(f"  {spec.name:<18}", end=" ", file=out, flush=True)
         model = spec.make(protocol, args)
         start = time.perf_counter()
         model.fit(train)
         seconds = time.perf_counter() - start
+        errors[spec.name] = per_user_errors(model, test)
+        if hasattr(model, "history_"):
+            histories[spec.name] = model.history_
         rows.append({"model": spec.name, "table": spec.table,
-                     "error": sequence_nll(model, test), "fit_seconds": seconds})
-        print(f"  {spec.name:<18} error {rows[-1]['error']:.3f}  "
-              f"({seconds:.1f} s)", file=out, flush=True)
+                     "error": float(errors[spec.name].mean()),
+                     "fit_seconds": seconds})
+        print(f"error {rows[-1]['error']:.3f}  ({seconds:.1f} s)", file=out, flush=True)
     results = pd.DataFrame(rows)
-    print("\n" + _markdown(results.drop(columns="table")), file=out)
+    bins = entropy_bins(train, n_bins=3)
+    by_bin = error_by_bin(errors, bins).rename_axis("model")
+    counts = bins.value_counts().sort_index()
+    by_bin.columns = [f"{c} ({n} users)" for c, n in zip(by_bin.columns, counts)]
+    for table, frame in results.groupby("table", sort=False):
+        print(f"\n{TABLE_TITLES[table]}\n" + markdown(frame.drop(columns="table")),
+              file=out)
+    print("\nHeld-out error by entropy bin of the users' training items\n"
+          + markdown(by_bin, index=True), file=out)
     if args.out is not None:
-        write_tables(results, Path(args.out))
-        print(f"\ntables written to {args.out}", file=out)
-    return results
+        write_outputs(args.out, results, by_bin, histories, protocol)
+        print(f"\ntables and plots written to {args.out}/", file=out)
+    return results, by_bin
 
 
-def write_tables(results, out_dir):
-    """One Markdown and one CSV file per table."""
+TABLE_TITLES = {"baselines": "Baselines (held-out error, nats)",
+                "rnn": "Recurrent models (held-out error, nats)"}
+
+
+def write_outputs(out_dir, results, by_bin, histories, protocol):
+    """Markdown and CSV tables, the entropy-bin plot and the learning curves."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for table, rows in results.groupby("table", sort=False):
-        rows = rows.drop(columns="table")
-        rows.to_csv(out_dir / f"{table}.csv", index=False)
-        (out_dir / f"{table}.md").write_text(_markdown(rows) + "\n")
-
-
-def _markdown(frame):
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    lines = [header, rule]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(
-            f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines)
+    for table, frame in results.groupby("table", sort=False):
+        write_table(frame.drop(columns="table"), out_dir, table)
+    write_table(by_bin, out_dir, "entropy_bins", index=True)
+    plot_error_by_bin(by_bin, out_dir / "entropy_bins.png",
+                      f"Error by user entropy ({protocol} protocol)")
+    if histories:
+        plot_learning_curves(histories, out_dir / "learning_curves.png",
+                             f"Recurrent models ({protocol} protocol)")
 
 
 def build_parser():
@@ -133,7 +146,14 @@ def build_parser():
                                 "paper's data set (default: 0.05)")
     reproduce.add_argument("--models", nargs="+", metavar="NAME",
                            help="run only these models")
-    reproduce.add_argument("--out", type=Path, help="write the tables here")
+    reproduce.add_argument("--out", type=Path, default=Path("reproduce_out"),
+                           help="folder for the tables and plots "
+                                "(default: reproduce_out)")
+    reproduce.add_argument("--device", default="auto",
+                           help="device of the recurrent models: auto, cpu, cuda, "
+                                "cuda:N (default: auto)")
+    reproduce.add_argument("--verbose", action="store_true",
+                           help="progress bars while the recurrent models train")
     reproduce.add_argument("--seed", type=int, default=0)
     return parser
 
