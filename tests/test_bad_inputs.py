@@ -1,0 +1,234 @@
+"""A catalogue of bad inputs: each gets its exact exception and a message that
+names the problem, and the caller's DataFrame is never modified.
+
+Cases are ``(id, call, exception, message regex)`` where ``call`` receives a
+fresh copy of a small valid events frame and a fitted model; the frame passed
+in is compared with an untouched copy afterwards.
+"""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import skcrnn._base as base_module
+from skcrnn import (BigramRecommender, PersonalUnigramRecommender,
+                    UniformRecommender, UnigramRecommender)
+from skcrnn.metrics import entropy_bins, recall_at_k
+from skcrnn.model_selection import (EventFilter, UserSuffixSplit,
+                                    preprocess_like_paper, suffix_split)
+
+from .conftest import random_events
+from .estimators import ALL_ESTIMATORS
+
+
+def _set(frame, column, index, value):
+    """``frame`` with one cell replaced (on a copy with an object column)."""
+    out = frame.copy()
+    out[column] = out[column].astype(object)
+    out.loc[out.index[index], column] = value
+    return out
+
+
+def fit(frame, model=None):
+    return (model or UnigramRecommender()).fit(frame)
+
+
+def mixed_timezones(frame):
+    out = frame.copy()
+    zurich = frame["timestamp"].dt.tz_localize("Europe/Zurich")
+    tokyo = frame["timestamp"].dt.tz_localize("Asia/Tokyo")
+    out["timestamp"] = pd.Series([z if i % 2 else t for i, (z, t) in
+                                  enumerate(zip(zurich, tokyo))], dtype=object)
+    return out
+
+
+FRAME_CASES = [
+    ("missing-user", lambda e: fit(e.drop(columns="user")), ValueError,
+     r"missing the column\(s\) \['user'\]"),
+    ("missing-item", lambda e: fit(e.drop(columns="item")), ValueError,
+     r"missing the column\(s\) \['item'\]"),
+    ("missing-time", lambda e: fit(e.drop(columns="timestamp")), ValueError,
+     r"missing the column\(s\) \['timestamp'\]"),
+    ("renamed-columns", lambda e: fit(e.rename(columns={"user": "User"})), ValueError,
+     "Rename them or pass user_col"),
+    ("duplicated-item-column", lambda e: fit(pd.concat([e, e[["item"]]], axis=1)),
+     ValueError, r"duplicated column\(s\) \['item'\]"),
+    ("same-column-twice", lambda e: fit(e, UnigramRecommender(item_col="user")),
+     ValueError, "three different columns"),
+    ("nan-user", lambda e: fit(_set(e, "user", 3, np.nan)), ValueError,
+     r"X\['user'\] has 1 missing value"),
+    ("none-user", lambda e: fit(_set(e, "user", 0, None)), ValueError,
+     r"X\['user'\] has 1 missing value"),
+    ("nan-item", lambda e: fit(_set(e, "item", 5, np.nan)), ValueError,
+     r"X\['item'\] has 1 missing value"),
+    ("none-item", lambda e: fit(_set(e, "item", 1, None)), ValueError,
+     r"X\['item'\] has 1 missing value"),
+    ("nat-time", lambda e: fit(e.assign(timestamp=e["timestamp"].where(e.index != 2))),
+     ValueError, r"X\['timestamp'\] has 1 missing time"),
+    ("nan-numeric-time", lambda e: fit(e.assign(timestamp=np.where(
+        e.index == 4, np.nan, np.arange(len(e), dtype=float)))), ValueError,
+     "missing time"),
+    ("inf-time", lambda e: fit(e.assign(timestamp=np.where(
+        e.index == 4, np.inf, np.arange(len(e), dtype=float)))), ValueError,
+     "infinite time"),
+    ("mixed-type-users", lambda e: fit(_set(e, "user", 0, "alice")), TypeError,
+     r"X\['user'\] must hold labels of one kind"),
+    ("mixed-type-items", lambda e: fit(_set(e, "item", 0, 7)), TypeError,
+     r"X\['item'\] must hold labels of one kind"),
+    ("empty-frame", lambda e: fit(e.iloc[:0]), ValueError, "has no rows"),
+    ("list-input", lambda e: fit(e.to_numpy().tolist()), TypeError,
+     "must be a pandas DataFrame.*got list"),
+    ("numpy-input", lambda e: fit(e.to_numpy()), TypeError,
+     "must be a pandas DataFrame.*got ndarray"),
+    ("series-input", lambda e: fit(e["item"]), TypeError,
+     "must be a pandas DataFrame.*got Series"),
+    ("dict-input", lambda e: fit(e.to_dict()), TypeError,
+     "must be a pandas DataFrame.*got dict"),
+    ("string-times", lambda e: fit(e.assign(timestamp=e["timestamp"].astype(str))),
+     TypeError, "must be numeric or datetime64.*pandas.to_datetime"),
+    ("mixed-timezone-times", lambda e: fit(mixed_timezones(e)), TypeError,
+     "a mix of time zones"),
+    ("bool-times", lambda e: fit(e.assign(timestamp=e.index % 2 == 0)), TypeError,
+     "must be numeric or datetime64"),
+    ("score-before-fit-frame-check", lambda e: fit(e).score_samples(e.values),
+     TypeError, "must be a pandas DataFrame"),
+    ("score-missing-column", lambda e: fit(e).score(e.drop(columns="timestamp")),
+     ValueError, "missing the column"),
+    ("unknown-items-error", lambda e: fit(
+        e, UnigramRecommender(handle_unknown="error")).score_samples(
+        _set(e, "item", 0, "zzz")), ValueError, "1 row.* items unknown to the model"),
+    ("unknown-users-error", lambda e: fit(
+        e, BigramRecommender(handle_unknown="error")).score(e.assign(user=-1)),
+     ValueError, "user.* unknown to the model"),
+    ("all-items-unknown", lambda e: _quiet(lambda: fit(e).score(
+        e.assign(item="zzz"))), ValueError, "No row of X could be scored"),
+    ("recommend-k-zero", lambda e: fit(e).recommend([100], k=0), ValueError,
+     "k must be between 1 and"),
+    ("recommend-k-negative", lambda e: fit(e).recommend([100], k=-3), ValueError,
+     "k must be between 1 and"),
+    ("recommend-k-too-large", lambda e: fit(e).recommend([100], k=10 ** 6), ValueError,
+     r"k must be between 1 and the number of known items \(8\)"),
+    ("recommend-k-float", lambda e: fit(e).recommend([100], k=2.0), TypeError,
+     "k must be an integer"),
+    ("recommend-unknown-user-error", lambda e: fit(
+        e, UnigramRecommender(handle_unknown="error")).recommend(["nobody"], k=2),
+     ValueError, r"1 user\(s\) unknown to the model"),
+    ("recommend-no-users", lambda e: fit(e).recommend([], k=2), ValueError,
+     "users is empty"),
+    ("recommend-nan-user", lambda e: fit(e).recommend([100, np.nan], k=2), ValueError,
+     "users contains missing values"),
+    ("recommend-2d-users", lambda e: fit(e).recommend([[100, 101]], k=2), ValueError,
+     "one-dimensional"),
+    ("unigram-negative-alpha", lambda e: fit(e, UnigramRecommender(alpha=-1)),
+     ValueError, "'alpha' parameter of UnigramRecommender must be"),
+    ("bigram-zero-alpha", lambda e: fit(e, BigramRecommender(alpha=0)), ValueError,
+     "'alpha' parameter of BigramRecommender must be"),
+    ("personal-string-beta", lambda e: fit(e, PersonalUnigramRecommender(beta="big")),
+     ValueError, "'beta' parameter of PersonalUnigramRecommender must be"),
+    ("bad-handle-unknown", lambda e: fit(e, UniformRecommender(handle_unknown="skip")),
+     ValueError, "'handle_unknown' parameter"),
+    ("filter-negative-count", lambda e: EventFilter(min_item_count=-1).fit(e),
+     ValueError, "'min_item_count' parameter of EventFilter"),
+    ("filter-transform-list", lambda e: EventFilter(1, 1).fit(e).transform([1, 2]),
+     TypeError, "must be a pandas DataFrame"),
+    ("split-test-size-zero", lambda e: suffix_split(e, test_size=0), ValueError,
+     "'test_size' parameter of suffix_split"),
+    ("split-bounds-crossed", lambda e: suffix_split(e, min_test=9, max_test=2),
+     ValueError, r"min_test \(9\) must not exceed max_test \(2\)"),
+    ("split-array-input", lambda e: suffix_split(e.to_numpy()), ValueError,
+     "'X' parameter of suffix_split must be an instance of"),
+    ("cv-zero-splits", lambda e: next(UserSuffixSplit(n_splits=0).split(e)), ValueError,
+     "n_splits must be a positive integer"),
+    ("paper-unknown-dataset", lambda e: preprocess_like_paper(e, "gowalla"), ValueError,
+     "'dataset' parameter of preprocess_like_paper"),
+    ("paper-nothing-passes", lambda e: preprocess_like_paper(e, "brightkite"),
+     ValueError, "No event passes the paper's filters"),
+    ("bins-more-than-users", lambda e: entropy_bins(e, n_bins=50), ValueError,
+     r"n_bins=50 is more than the 6 users"),
+    ("recall-k-zero", lambda e: recall_at_k(fit(e), e, k=0), ValueError,
+     "k must be a positive integer"),
+    ("recall-not-a-recommender", lambda e: recall_at_k(EventFilter().fit(e), e),
+     TypeError, "EventFilter is not a skcrnn recommender"),
+]
+
+
+def _quiet(call):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call()
+
+
+@pytest.mark.parametrize("case, call, error, message", FRAME_CASES,
+                         ids=[c[0] for c in FRAME_CASES])
+def test_bad_input_is_rejected_clearly(case, call, error, message):
+    events = random_events()
+    untouched = events.copy()
+    with pytest.raises(error, match=message):
+        call(events)
+    pd.testing.assert_frame_equal(events, untouched)
+
+
+def test_catalogue_is_large_enough():
+    assert len(FRAME_CASES) >= 40
+
+
+def test_predict_proba_refuses_huge_requests(monkeypatch):
+    events = random_events()
+    model = fit(events)
+    monkeypatch.setattr(base_module, "MAX_PREDICT_PROBA_CELLS", 100)
+    with pytest.raises(ValueError, match="use score_samples.*recommend"):
+        model.predict_proba(events)
+
+
+# ---------------------------------------------------------------- must work
+@pytest.mark.parametrize("estimator", ALL_ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_one_user_one_event(estimator):
+    events = pd.DataFrame({"user": ["u"], "item": ["i"], "timestamp": [0]})
+    model = type(estimator)(**estimator.get_params()).fit(events)
+    np.testing.assert_allclose(model.predict_proba(events), [[1.0]])
+    assert model.score(events) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ALL_ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_duplicate_timestamps_keep_row_order(estimator):
+    events = pd.DataFrame({"user": 1, "item": ["a", "b", "a", "c", "b", "a"] * 3,
+                           "timestamp": 5})
+    model = type(estimator)(**estimator.get_params()).fit(events)
+    probe = pd.DataFrame({"user": [1, 1, 1], "item": ["c", "a", "b"],
+                          "timestamp": [9, 9, 9]})
+    for rows in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        tied = probe.iloc[rows]
+        # ties are resolved by row order: as if times increased down the frame
+        ticked = tied.assign(timestamp=[9, 10, 11])
+        np.testing.assert_array_equal(model.score_samples(tied),
+                                      model.score_samples(ticked))
+
+
+@pytest.mark.parametrize("ids", [[-5, -1, -7], [2 ** 62, 2 ** 62 + 1, -(2 ** 62)]])
+def test_negative_and_huge_integer_ids(ids):
+    events = random_events(str_items=False)
+    events["user"] = np.asarray(ids)[events["user"].to_numpy() % 3]
+    events["item"] = events["item"].astype(np.int64) * 2 ** 40 - 3
+    model = BigramRecommender().fit(events)
+    assert set(model.users_) == set(ids)
+    recs = model.recommend(ids[:1], k=2)
+    assert recs["user"].tolist() == [ids[0]] * 2
+    assert np.isfinite(model.score_samples(events)).all()
+
+
+@pytest.mark.parametrize("handle_unknown", ["ignore", "error"])
+def test_unknown_users_and_items_under_both_policies(handle_unknown):
+    events = random_events()
+    model = BigramRecommender(handle_unknown=handle_unknown).fit(events)
+    odd = pd.DataFrame({"user": [100, -1], "item": ["zzz", "i1"], "timestamp": [1, 2]})
+    if handle_unknown == "error":
+        with pytest.raises(ValueError, match="unknown to the model"):
+            model.score_samples(odd)
+        return
+    with pytest.warns(UserWarning) as record:
+        scores = model.score_samples(odd)
+    messages = " ".join(str(w.message) for w in record)
+    assert "items unknown" in messages and "users unknown" in messages
+    assert np.isnan(scores[0]) and np.isfinite(scores[1])
