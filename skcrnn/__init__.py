@@ -7,12 +7,16 @@ row per event with a user, an item and a time column); see the user guide.
 from ._base import BaseRecommender
 from ._counts import (BigramRecommender, PersonalUnigramRecommender,
                       UniformRecommender, UnigramRecommender)
+from ._hmm import HMMRecommender
+from ._mf import MatrixFactorizationRecommender
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BaseRecommender",
     "BigramRecommender",
+    "HMMRecommender",
+    "MatrixFactorizationRecommender",
     "PersonalUnigramRecommender",
     "UniformRecommender",
     "UnigramRecommender",

@@ -3,18 +3,29 @@
 New estimators are added here so that the contract suite covers them.
 """
 
-from skcrnn import (BigramRecommender, PersonalUnigramRecommender,
-                    UniformRecommender, UnigramRecommender)
+from skcrnn import (BigramRecommender, HMMRecommender,
+                    MatrixFactorizationRecommender,
+                    PersonalUnigramRecommender, UniformRecommender,
+                    UnigramRecommender)
 
 ALL_ESTIMATORS = [
     UniformRecommender(),
     UnigramRecommender(alpha=0.5),
     PersonalUnigramRecommender(beta=2.0),
     BigramRecommender(alpha=3.0),
+    MatrixFactorizationRecommender(n_factors=4, n_iterations=3, random_state=0),
+    MatrixFactorizationRecommender(n_factors=4, algorithm="bpr", n_iterations=5,
+                                   random_state=0),
+    HMMRecommender(n_states=3, n_iter=5, random_state=0),
 ]
 
+#: Estimators that depend on who the user is (its training history) but not on
+#: the rows scored before: static, yet a known user differs from a stranger.
+STATIC_PERSONALIZED = (MatrixFactorizationRecommender,)
+
 #: Estimators whose predictions depend on the user's history.
-SEQUENTIAL = (PersonalUnigramRecommender, BigramRecommender)
+SEQUENTIAL = (PersonalUnigramRecommender, BigramRecommender,
+              HMMRecommender) + STATIC_PERSONALIZED
 
 
 def ids(estimator):

@@ -1,0 +1,177 @@
+"""MatrixFactorizationRecommender: calibration, static tastes, unknown users."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import logsumexp
+
+from skcrnn import MatrixFactorizationRecommender, UnigramRecommender
+from skcrnn._events import Sequences
+from skcrnn._mf import calibration_split
+from skcrnn.model_selection import suffix_split
+
+
+def taste_events(n_users=60, n_items=200, n_per_user=60, concentration=0.05,
+                 seed=0):
+    """Each user draws its items from its own Dirichlet(concentration) taste."""
+    rng = np.random.default_rng(seed)
+    tastes = rng.dirichlet(np.full(n_items, concentration), size=n_users)
+    items = np.concatenate([rng.choice(n_items, n_per_user, p=p) for p in tastes])
+    return pd.DataFrame({"user": np.repeat(np.arange(n_users), n_per_user),
+                         "item": items,
+                         "timestamp": np.tile(np.arange(n_per_user), n_users)})
+
+
+@pytest.fixture(scope="module")
+def split():
+    return suffix_split(taste_events(), test_size=0.2, min_test=2, max_test=50)
+
+
+@pytest.fixture(scope="module")
+def model(split):
+    return MatrixFactorizationRecommender(n_factors=16, random_state=0).fit(split[0])
+
+
+def test_beats_the_global_unigram_on_static_tastes(model, split):
+    train, test = split
+    unigram = UnigramRecommender().fit(train).score(test)
+    assert model.score(test) > unigram + 1.0
+
+
+def test_calibration_split_holds_out_each_users_tail():
+    lengths = np.array([1, 2, 10, 25])
+    sequences = Sequences(np.arange(4), np.r_[0, np.cumsum(lengths)],
+                          np.arange(lengths.sum()))
+    tail = calibration_split(sequences, 0.1)
+    # round(0.1 n) clipped to [1, n - 1]: 0, 1, 1, 2 (round(2.5) = 2)
+    expected = [np.arange(n) >= n - k for n, k in zip(lengths, [0, 1, 1, 2])]
+    np.testing.assert_array_equal(tail, np.concatenate(expected))
+
+
+def test_calibration_uses_a_training_tail_and_factors_fitted_without_it(
+        split, monkeypatch):
+    """The scalars are fitted on the last events of each training sequence,
+    with factors fitted on the other training events, and never on test rows."""
+    train, test = split
+    seen = {"factorized": [], "calibrated": []}
+    factorize = MatrixFactorizationRecommender._factorize
+    calibrate = MatrixFactorizationRecommender._calibrate
+
+    def spy_factorize(self, user_items, seed):
+        seen["factorized"].append(user_items.toarray())
+        return factorize(self, user_items, seed)
+
+    def spy_calibrate(self, user_f, item_f, popularity, users, items):
+        seen["calibrated"].append((users.copy(), items.copy()))
+        return calibrate(self, user_f, item_f, popularity, users, items)
+
+    monkeypatch.setattr(MatrixFactorizationRecommender, "_factorize", spy_factorize)
+    monkeypatch.setattr(MatrixFactorizationRecommender, "_calibrate", spy_calibrate)
+    model = MatrixFactorizationRecommender(n_factors=8, calibration_fraction=0.2,
+                                           random_state=0).fit(train)
+
+    ordered = train.sort_values(["user", "timestamp"], kind="stable")
+    size = ordered.groupby("user")["item"].transform("size")
+    position = ordered.groupby("user").cumcount()
+    is_tail = position >= size - np.clip(np.round(0.2 * size), 1, size - 1)
+    tail = ordered[is_tail]
+    users, items = seen["calibrated"][0]
+    np.testing.assert_array_equal(model.users_[users], tail["user"])
+    np.testing.assert_array_equal(model.classes_[items], tail["item"])
+    assert model.n_calibration_events_ == len(tail)
+
+    def counts(frame):
+        table = np.zeros((model.n_users_, model.n_items_))
+        np.add.at(table, (np.searchsorted(model.users_, frame["user"]),
+                          np.searchsorted(model.classes_, frame["item"])), 1)
+        return table
+
+    head_counts, all_counts = seen["factorized"]
+    np.testing.assert_array_equal(head_counts, counts(ordered[~is_tail]))
+    np.testing.assert_array_equal(all_counts, counts(train))
+    assert not test.index.isin(tail.index).any()
+
+
+def test_calibrated_scalars_maximize_the_tail_likelihood(split, monkeypatch):
+    from skcrnn import _mf
+    captured = {}
+    likelihood = _mf._TailLikelihood
+
+    def spy(*args):
+        captured["objective"] = likelihood(*args)
+        return captured["objective"]
+
+    monkeypatch.setattr(_mf, "_TailLikelihood", spy)
+    model = MatrixFactorizationRecommender(n_factors=8, random_state=0).fit(split[0])
+    objective = captured["objective"]
+    a, b, c = (model.score_weight_, model.popularity_weight_,
+               np.log(model.uniform_share_ / (1 - model.uniform_share_)))
+    best, _ = objective(a, b, c)
+    assert best == pytest.approx(model.calibration_log_likelihood_)
+    for da, db, dc in [(0.3, 0, 0), (-0.3, 0, 0), (0, 0.3, 0), (0, -0.3, 0),
+                       (0, 0, 0.5), (0, 0, -0.5)]:
+        assert objective(a * (1 + da), b + db, c + dc)[0] < best
+
+
+def test_static_known_user_and_popularity_for_strangers(model, split):
+    _, test = split
+    rows = test[test["user"] == test["user"].iloc[0]]
+    proba = model.predict_proba(rows)
+    np.testing.assert_allclose(proba, np.broadcast_to(proba[0], proba.shape))
+    # a stranger: s_ui = 0, so (1 - w) softmax(b log(1 + c)) + w / n_items
+    logits = model.popularity_weight_ * np.log1p(model.item_counts_)
+    w = model.uniform_share_
+    expected = (1 - w) * np.exp(logits - logsumexp(logits)) + w / model.n_items_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stranger = model.predict_proba(rows.assign(user=-1))
+    np.testing.assert_allclose(stranger, np.broadcast_to(expected, stranger.shape),
+                               rtol=1e-10)
+    assert not np.allclose(proba[0], expected)
+
+
+def test_known_user_distribution_from_factors(model, split):
+    """The closed form of the docstring, from the stored factors and scalars."""
+    _, test = split
+    user = test["user"].iloc[0]
+    code = list(model.users_).index(user)
+    logits = (model.score_weight_ * model.item_factors_ @ model.user_factors_[code]
+              + model.popularity_weight_ * np.log1p(model.item_counts_))
+    w = model.uniform_share_
+    expected = (1 - w) * np.exp(logits - logsumexp(logits)) + w / model.n_items_
+    got = model.predict_proba(test[test["user"] == user].iloc[:1])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_reproducible_with_random_state(split):
+    train, test = split
+    first = MatrixFactorizationRecommender(n_factors=8, random_state=3).fit(train)
+    again = MatrixFactorizationRecommender(n_factors=8, random_state=3).fit(train)
+    np.testing.assert_array_equal(first.score_samples(test),
+                                  again.score_samples(test))
+
+
+def test_bpr_beats_the_global_unigram(split):
+    train, test = split
+    model = MatrixFactorizationRecommender(n_factors=16, algorithm="bpr",
+                                           n_iterations=50, learning_rate=0.05,
+                                           random_state=0).fit(train)
+    assert model.score(test) > UnigramRecommender().fit(train).score(test) + 0.5
+
+
+@pytest.mark.parametrize("params", [{"calibration_fraction": 1.0},
+                                    {"algorithm": "svd"}, {"n_factors": 0},
+                                    {"n_jobs": 0}, {"uniform_share_init": 0.0}])
+def test_invalid_parameters(params, split):
+    with pytest.raises(ValueError):
+        MatrixFactorizationRecommender(**params).fit(split[0])
+
+
+def test_gpu_request_without_cuda_is_a_clear_error(split):
+    import implicit.gpu
+    if implicit.gpu.HAS_CUDA:
+        pytest.skip("this implicit has CUDA")
+    with pytest.raises(ValueError, match="CUDA"):
+        MatrixFactorizationRecommender(use_gpu=True).fit(split[0])
