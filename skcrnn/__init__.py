@@ -9,12 +9,14 @@ from ._counts import (BigramRecommender, PersonalUnigramRecommender,
                       UniformRecommender, UnigramRecommender)
 from ._hmm import HMMRecommender
 from ._mf import MatrixFactorizationRecommender
+from ._rnn import CollaborativeGRURecommender
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BaseRecommender",
     "BigramRecommender",
+    "CollaborativeGRURecommender",
     "HMMRecommender",
     "MatrixFactorizationRecommender",
     "PersonalUnigramRecommender",

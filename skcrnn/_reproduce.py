@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import (BigramRecommender, HMMRecommender, MatrixFactorizationRecommender,
+from . import (BigramRecommender, CollaborativeGRURecommender, HMMRecommender,
+               MatrixFactorizationRecommender,
                PersonalUnigramRecommender, UniformRecommender, UnigramRecommender)
 from ._report import (error_by_bin, markdown, per_user_errors, plot_error_by_bin,
                       plot_learning_curves, write_table)
@@ -36,6 +37,12 @@ MF_SETTINGS = {
 HMM_SETTINGS = {
     "brightkite": dict(n_states=20, n_iter=50, emission_smoothing=0.05),
     "lastfm": dict(n_states=20, n_iter=20, emission_smoothing=0.05),
+}
+
+#: The paper's settings of the recurrent models (Section 5).
+RNN_SETTINGS = {
+    "brightkite": dict(hidden_size=32, learning_rate=0.0075),
+    "lastfm": dict(hidden_size=128, learning_rate=0.01, max_train_chunks=80),
 }
 
 LOADERS = {"snap": "load_snap_checkins", "lastfm": "load_lastfm_1k",
@@ -67,7 +74,19 @@ def model_specs():
         ModelSpec("hmm", "baselines",
                   lambda protocol, args: HMMRecommender(
                       **HMM_SETTINGS[protocol], random_state=args.seed)),
+        ModelSpec("p-gru", "rnn", _rnn_factory(recurrent_weights="shared")),
+        ModelSpec("c-tanh", "rnn", _rnn_factory(cell="tanh")),
+        ModelSpec("c-gru", "rnn", _rnn_factory()),
     ]
+
+
+def _rnn_factory(**variant):
+    """A factory of the recurrent model with the paper's settings."""
+    def make(protocol, args):
+        return CollaborativeGRURecommender(
+            **RNN_SETTINGS[protocol], **variant, max_epochs=args.max_epochs,
+            device=args.device, random_state=args.seed, verbose=int(args.verbose))
+    return make
 
 
 def load_events(args):
@@ -171,6 +190,9 @@ def build_parser():
     reproduce.add_argument("--device", default="auto",
                            help="device of the recurrent models: auto, cpu, cuda, "
                                 "cuda:N (default: auto)")
+    reproduce.add_argument("--max-epochs", type=int, default=30,
+                           help="most epochs of the recurrent models, which stop "
+                                "early on a validation suffix (default: 30)")
     reproduce.add_argument("--verbose", action="store_true",
                            help="progress bars while the recurrent models train")
     reproduce.add_argument("--seed", type=int, default=0)

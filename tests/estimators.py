@@ -3,8 +3,8 @@
 New estimators are added here so that the contract suite covers them.
 """
 
-from skcrnn import (BigramRecommender, HMMRecommender,
-                    MatrixFactorizationRecommender,
+from skcrnn import (BigramRecommender, CollaborativeGRURecommender,
+                    HMMRecommender, MatrixFactorizationRecommender,
                     PersonalUnigramRecommender, UniformRecommender,
                     UnigramRecommender)
 
@@ -13,6 +13,13 @@ ALL_ESTIMATORS = [
     UnigramRecommender(alpha=0.5),
     PersonalUnigramRecommender(beta=2.0),
     BigramRecommender(alpha=3.0),
+    CollaborativeGRURecommender(hidden_size=4, max_epochs=2, batch_size=4,
+                                chunk_size=5, random_state=0),
+    CollaborativeGRURecommender(hidden_size=4, cell="tanh", max_epochs=2,
+                                batch_size=4, chunk_size=5, random_state=0),
+    CollaborativeGRURecommender(hidden_size=4, recurrent_weights="shared",
+                                max_epochs=2, batch_size=4, chunk_size=5,
+                                random_state=0),
     MatrixFactorizationRecommender(n_factors=4, n_iterations=3, random_state=0),
     MatrixFactorizationRecommender(n_factors=4, algorithm="bpr", n_iterations=5,
                                    random_state=0),
@@ -25,7 +32,7 @@ STATIC_PERSONALIZED = (MatrixFactorizationRecommender,)
 
 #: Estimators whose predictions depend on the user's history.
 SEQUENTIAL = (PersonalUnigramRecommender, BigramRecommender,
-              HMMRecommender) + STATIC_PERSONALIZED
+              CollaborativeGRURecommender, HMMRecommender) + STATIC_PERSONALIZED
 
 
 def ids(estimator):

@@ -1,0 +1,106 @@
+"""Train C-GRU, C-tanh and P-GRU on Foursquare check-ins under the paper's protocol.
+
+The data are ``checkins.tsv.gz`` (SNAP check-in layout) split with
+``preprocess_like_paper(events, "brightkite")``. Every model uses the paper's
+Brightkite settings (hidden size 32, learning rate 0.0075, RMSProp decay
+0.997, chunks of 64 events, 20 users per batch) and its own early stopping on
+a validation suffix carved from the training events (then a refit on all
+training events for the best number of epochs): the test suffix is only
+scored at the end. Prints a table of the held-out error
+(``-model.score(test)``, nats), the best epoch, the epochs run and the
+seconds per epoch. Run:
+
+    nice python benchmarks/rnn_foursquare.py [--data PATH] [--threads 2]
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from skcrnn import CollaborativeGRURecommender, UnigramRecommender
+from skcrnn.model_selection import preprocess_like_paper
+
+DEFAULT_DATA = (Path(__file__).resolve().parents[2] / "shared" / "data"
+                / "foursquare-checkins" / "checkins.tsv.gz")
+
+VARIANTS = {
+    "C-GRU": dict(cell="gru", recurrent_weights="per_user"),
+    "C-GRU (sigmoid candidate)": dict(cell="gru", recurrent_weights="per_user",
+                                      candidate_activation="sigmoid"),
+    "C-tanh": dict(cell="tanh", recurrent_weights="per_user"),
+    "P-GRU": dict(cell="gru", recurrent_weights="shared"),
+    "P-GRU (sigmoid candidate)": dict(cell="gru", recurrent_weights="shared",
+                                      candidate_activation="sigmoid"),
+}
+PAPER_BRIGHTKITE = dict(hidden_size=32, learning_rate=0.0075, rho=0.997,
+                        chunk_size=64, batch_size=20)
+
+
+def load_events(path):
+    try:
+        from skcrnn.datasets import load_snap_checkins
+    except ImportError:
+        load_snap_checkins = None
+    if load_snap_checkins is not None:
+        return load_snap_checkins(path)
+    events = pd.read_csv(path, sep="\t", header=None,
+                         names=["user", "timestamp", "lat", "lon", "item"],
+                         dtype={"item": str})
+    events["timestamp"] = pd.to_datetime(events["timestamp"])
+    return events
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", default=list(VARIANTS),
+                        choices=list(VARIANTS), metavar="MODEL")
+    parser.add_argument("--verbose", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    train, test = preprocess_like_paper(load_events(args.data), "brightkite")
+    print(f"{train['user'].nunique():,} users, {train['item'].nunique():,} items, "
+          f"{len(train):,} training and {len(test):,} held-out events")
+    unigram = UnigramRecommender(alpha=1.0).fit(train)
+    print(f"{unigram!r}: held-out error {-unigram.score(test):.3f}")
+
+    rows = []
+    for name in args.models:
+        model = CollaborativeGRURecommender(
+            **PAPER_BRIGHTKITE, **VARIANTS[name], max_epochs=args.max_epochs,
+            device="cpu", random_state=args.seed, verbose=args.verbose)
+        start = time.perf_counter()
+        model.fit(train)
+        fit_seconds = time.perf_counter() - start
+        error = -model.score(test)
+        epochs = model.history_ + (model.refit_history_ or [])
+        seconds = np.median([entry["seconds"] for entry in epochs])
+        refit_epochs = len(model.refit_history_ or [])
+        rows.append((name, error, model.best_epoch_, model.n_iter_, refit_epochs,
+                     seconds, fit_seconds))
+        print(f"{name}: held-out error {error:.3f} (best epoch {model.best_epoch_}, "
+              f"{model.n_iter_} + {refit_epochs} epochs, {seconds:.1f} s/epoch)",
+              flush=True)
+        for entry in model.history_:
+            print(f"  epoch {entry['epoch']:2d}  train {entry['train_loss']:.4f}  "
+                  f"valid {entry['valid_loss']:.4f}  {entry['seconds']:.1f} s")
+
+    print()
+    print("| model | held-out error | best epoch | epochs run (+ refit) | "
+          "s/epoch (median) | fit s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, error, best, n_epochs, refit_epochs, seconds, fit_seconds in rows:
+        print(f"| {name} | {error:.3f} | {best} | {n_epochs} (+ {refit_epochs}) | "
+              f"{seconds:.1f} | {fit_seconds:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

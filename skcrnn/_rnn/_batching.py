@@ -1,0 +1,108 @@
+"""Cutting, windowing and padding user sequences for the recurrent models.
+
+Everything here is vectorized numpy over :class:`~skcrnn._events.Sequences`;
+there is no loop over users or events.
+"""
+
+import numpy as np
+
+from .._events import Sequences
+
+
+def validation_sizes(lengths, fraction):
+    """How many of each user's last events are held out for validation.
+
+    ``round(fraction * n)`` (half to even), at least 1 when ``fraction > 0``,
+    and always leaving at least one training event (so a user with a single
+    event has none).
+
+    Parameters
+    ----------
+    lengths : ndarray of int
+        Each user's number of events.
+    fraction : float
+        Share held out, in ``[0, 1)``.
+
+    Returns
+    -------
+    ndarray of int64
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if fraction <= 0:
+        return np.zeros_like(lengths)
+    sizes = np.maximum(np.rint(fraction * lengths).astype(np.int64), 1)
+    return np.clip(np.minimum(sizes, lengths - 1), 0, None)
+
+
+def window(sequences, start, stop):
+    """Keep positions ``start[g] <= k < stop[g]`` of each group's items.
+
+    Parameters
+    ----------
+    sequences : Sequences
+    start, stop : ndarray of int
+        Per group, with ``0 <= start <= stop <= length``.
+
+    Returns
+    -------
+    Sequences
+        Same groups and user codes, shorter item lists.
+    """
+    start = np.asarray(start, dtype=np.int64)
+    stop = np.asarray(stop, dtype=np.int64)
+    position = sequences.position_of_event
+    group = sequences.group_of_event
+    keep = (position >= start[group]) & (position < stop[group])
+    indptr = np.concatenate([[0], np.cumsum(stop - start)]).astype(np.int64)
+    return Sequences(sequences.user_codes, indptr, sequences.items[keep])
+
+
+def length_sorted_batches(lengths, batch_size):
+    """Groups with items, longest first, cut into batches of ``batch_size``.
+
+    Users of similar lengths share a batch, which keeps padding small; inside
+    a batch the rows are in decreasing length, so the rows still running at
+    any step are a prefix of the batch.
+
+    Returns
+    -------
+    list of ndarray of int64
+        Group indices of each batch.
+    """
+    lengths = np.asarray(lengths)
+    groups = np.flatnonzero(lengths > 0)
+    groups = groups[np.argsort(-lengths[groups], kind="stable")]
+    return [groups[i:i + batch_size] for i in range(0, len(groups), batch_size)]
+
+
+def pad(sequences, groups, max_length=None):
+    """The groups' items as a right-padded matrix.
+
+    Parameters
+    ----------
+    sequences : Sequences
+    groups : ndarray of int
+        Rows of the matrix, in this order.
+    max_length : int or ndarray of int, optional
+        Keep only the first ``max_length`` items of each group (per group when
+        an array).
+
+    Returns
+    -------
+    items : ndarray of int64 of shape (len(groups), max(lengths))
+        Item codes, 0 after each row's end (padding is never read as data).
+    lengths : ndarray of int64 of shape (len(groups),)
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    lengths = sequences.lengths[groups]
+    if max_length is not None:
+        lengths = np.minimum(lengths, max_length)
+    n_rows = len(groups)
+    n_cols = int(lengths.max()) if n_rows else 0
+    items = np.zeros((n_rows, n_cols), dtype=np.int64)
+    total = int(lengths.sum())
+    rows = np.repeat(np.arange(n_rows), lengths)
+    cols = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    items[rows, cols] = sequences.items[np.repeat(sequences.indptr[groups],
+                                                  lengths) + cols]
+    return items, lengths.astype(np.int64)
