@@ -216,8 +216,10 @@ def test_collaborative_gru_beats_shared_gru_and_bigram():
     events = make_sequences(n_users=30, n_items=80, n_events=15000,
                             user_heterogeneity=1.0, memory=0.0, random_state=0)
     train, test = suffix_split(events, test_size=0.1, min_test=1, max_test=500)
-    settings = dict(hidden_size=16, max_epochs=10, n_iter_no_change=2, device="cpu",
-                    random_state=0)
+    # the default sigmoid candidate learns slowly at the paper's rate: a larger
+    # one lets 10 epochs show the gap (C-GRU -2.89, P-GRU -4.10, bigram -4.08)
+    settings = dict(hidden_size=16, learning_rate=0.03, max_epochs=10,
+                    n_iter_no_change=2, device="cpu", random_state=0)
     c_gru = CollaborativeGRURecommender(**settings).fit(train).score(test)
     p_gru = CollaborativeGRURecommender(recurrent_weights="shared",
                                         **settings).fit(train).score(test)
