@@ -28,11 +28,13 @@ DEFAULT_DATA = (Path(__file__).resolve().parents[2] / "shared" / "data"
                 / "foursquare-checkins" / "checkins.tsv.gz")
 
 VARIANTS = {
-    "C-GRU": dict(cell="gru", recurrent_weights="per_user"),
+    "C-GRU (tanh candidate)": dict(cell="gru", recurrent_weights="per_user",
+                                   candidate_activation="tanh"),
     "C-GRU (sigmoid candidate)": dict(cell="gru", recurrent_weights="per_user",
                                       candidate_activation="sigmoid"),
     "C-tanh": dict(cell="tanh", recurrent_weights="per_user"),
-    "P-GRU": dict(cell="gru", recurrent_weights="shared"),
+    "P-GRU (tanh candidate)": dict(cell="gru", recurrent_weights="shared",
+                                   candidate_activation="tanh"),
     "P-GRU (sigmoid candidate)": dict(cell="gru", recurrent_weights="shared",
                                       candidate_activation="sigmoid"),
 }

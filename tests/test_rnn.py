@@ -21,9 +21,10 @@ VARIANTS = {"C-GRU": dict(cell="gru", shared=False),
             "C-tanh": dict(cell="tanh", shared=False),
             "P-GRU": dict(cell="gru", shared=True),
             "C-GRU-sigmoid": dict(cell="gru", shared=False, candidate="sigmoid")}
-ESTIMATOR_VARIANTS = {"C-GRU": dict(cell="gru"), "C-tanh": dict(cell="tanh"),
-                      "P-GRU": dict(recurrent_weights="shared"),
-                      "C-GRU-sigmoid": dict(candidate_activation="sigmoid")}
+ESTIMATOR_VARIANTS = {"C-GRU": dict(candidate_activation="tanh"),
+                      "C-GRU-sigmoid": dict(candidate_activation="sigmoid"),
+                      "C-tanh": dict(cell="tanh"),
+                      "P-GRU": dict(recurrent_weights="shared")}
 
 
 @pytest.fixture(autouse=True)
