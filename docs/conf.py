@@ -31,3 +31,4 @@ exclude_patterns = ["_build"]
 html_theme = "alabaster"
 intersphinx_mapping = {}
 nitpicky = False
+html_static_path = ["_static"]
