@@ -33,3 +33,18 @@ def events():
 def train_test(events):
     from skcrnn.model_selection import suffix_split
     return suffix_split(events, test_size=0.2, min_test=2, max_test=50)
+
+
+#: Settings of a recurrent model small enough for unit tests.
+TINY_RNN = dict(hidden_size=4, max_epochs=2, batch_size=4, chunk_size=5,
+                device="cpu", random_state=0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: a second torch thread only adds contention."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

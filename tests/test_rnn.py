@@ -27,13 +27,7 @@ ESTIMATOR_VARIANTS = {"C-GRU": dict(candidate_activation="tanh"),
                       "P-GRU": dict(recurrent_weights="shared")}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # tiny tensors: a second thread only adds contention on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------ naive model

@@ -12,19 +12,9 @@ from skcrnn._events import Sequences
 from skcrnn._persistence import (labels_from_plain, labels_to_plain,
                                  sequences_from_tensors, sequences_to_tensors)
 
-from .conftest import random_events
+from .conftest import TINY_RNN as TINY, random_events
 
-TINY = dict(hidden_size=4, max_epochs=2, batch_size=4, chunk_size=5, device="cpu",
-            random_state=0)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # tiny tensors: a second thread only adds contention on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
