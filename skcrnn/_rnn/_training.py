@@ -24,7 +24,7 @@ both):
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -192,6 +192,48 @@ class Optimizer:
         for param in self.module.parameters():
             param.grad = None
 
+    def state_dict(self):
+        """The optimizer's statistics, on the CPU (for a checkpoint).
+
+        Returns
+        -------
+        dict
+            ``{"name": name, "state": {parameter name: {statistic: tensor}}}``;
+            the hyperparameters are not included.
+        """
+        return {"name": self.name,
+                "state": {param_name: {key: tensor.detach().to("cpu", copy=True)
+                                       for key, tensor in state.items()}
+                          for param_name, state in self.state.items()}}
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict):
+        """Restore statistics written by :meth:`state_dict` (onto any device).
+
+        Raises
+        ------
+        ValueError
+            If they belong to another optimizer or to other parameters.
+        """
+        if state_dict["name"] != self.name:
+            raise ValueError(f"the optimizer state is of {state_dict['name']!r}, "
+                             f"not {self.name!r}")
+        saved = state_dict["state"]
+        if saved.keys() != self.state.keys():
+            raise ValueError(f"the optimizer state is for the parameters "
+                             f"{sorted(saved)}, not {sorted(self.state)}")
+        for param_name, state in self.state.items():
+            if saved[param_name].keys() != state.keys():
+                raise ValueError(f"the optimizer state of {param_name!r} has "
+                                 f"{sorted(saved[param_name])}, not {sorted(state)}")
+            for key, tensor in state.items():
+                source = saved[param_name][key]
+                if source.shape != tensor.shape:
+                    raise ValueError(
+                        f"the optimizer's {key} of {param_name!r} has shape "
+                        f"{tuple(source.shape)}, not {tuple(tensor.shape)}")
+                tensor.copy_(source)
+
     @torch.no_grad()
     def step(self, chunk):
         """Update the parameters from the gradients of ``chunk.loss``."""
@@ -231,8 +273,46 @@ class Optimizer:
             param[rows] = param[rows] - self.learning_rate * update
 
 
+@dataclass
+class _Progress:
+    """How far a run of :func:`train` has gone, apart from the weights.
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs done.
+    history : list of dict
+        One entry per epoch done.
+    best_loss : float
+    best_epoch : int or None
+    best_weights : dict or None
+        A copy of the module's state dict at ``best_epoch``.
+    stopped : bool
+        Whether early stopping has ended the run.
+    """
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_loss: float = np.inf
+    best_epoch: int = None
+    best_weights: dict = None
+    stopped: bool = False
+
+    def record(self, entry, module, validated, n_iter_no_change):
+        """Account for the epoch of history ``entry``, just trained."""
+        self.epoch = entry["epoch"]
+        self.history.append(entry)
+        if not validated:
+            return
+        if entry["valid_loss"] < self.best_loss:
+            self.best_loss, self.best_epoch = entry["valid_loss"], self.epoch
+            self.best_weights = copy.deepcopy(module.state_dict())
+        elif self.epoch - self.best_epoch >= n_iter_no_change:
+            self.stopped = True
+
+
 def train(module, optimizer, batches, *, max_epochs, chunk_size, initial_state,
-          validate, n_iter_no_change, rng, verbose=0):
+          validate, n_iter_no_change, rng, verbose=0, checkpoint=None):
     """Epochs of truncated BPTT with early stopping on ``validate()``.
 
     Parameters
@@ -251,6 +331,14 @@ def train(module, optimizer, batches, *, max_epochs, chunk_size, initial_state,
         Shuffles the order of the batches at each epoch.
     verbose : int
         Progress bar and one line per epoch when positive.
+    checkpoint : object or None
+        Where the run resumes from and records itself: ``checkpoint.load()``
+        returns ``None`` (start afresh) or a state that
+        ``checkpoint.save(state)`` received, which is called after every
+        epoch with a dict of plain values and CPU tensors (weights, optimizer
+        statistics, ``rng`` state, history, best epoch and weights). Resuming
+        from the state of epoch ``e`` continues exactly as the run that wrote
+        it did after epoch ``e``. ``str(checkpoint)`` names it in messages.
 
     Returns
     -------
@@ -261,42 +349,101 @@ def train(module, optimizer, batches, *, max_epochs, chunk_size, initial_state,
     best_epoch : int or None
         The epoch whose weights the module holds on return (None without
         validation).
+
+    Raises
+    ------
+    ValueError
+        If the state of ``checkpoint`` does not fit the module or optimizer.
     """
-    history = []
-    best_loss, best_epoch, best_weights = np.inf, None, None
+    progress = _Progress()
+    if checkpoint is not None:
+        progress = _resume(checkpoint, module, optimizer, rng)
+        if progress.epoch and verbose:
+            tqdm.write(f"resuming from {checkpoint} after epoch {progress.epoch}")
     n_events = sum(batch.n_events for batch in batches)
     n_chunks = sum(-(-batch.items.shape[1] // chunk_size) for batch in batches)
-    device = module.item_input.device
-    for epoch in range(1, max_epochs + 1):
+    while progress.epoch < max_epochs and not progress.stopped:
+        epoch = progress.epoch + 1
         started = time.perf_counter()
-        total = torch.zeros((), dtype=torch.float64, device=device)
         with tqdm(total=n_chunks, desc=f"epoch {epoch}", disable=not verbose,
-                  leave=False, unit="chunk") as progress:
-            for index in rng.permutation(len(batches)):
-                for chunk in chunk_losses(module, batches[index], chunk_size,
-                                          initial_state):
-                    optimizer.zero_grad()
-                    chunk.loss.backward()
-                    optimizer.step(chunk)
-                    total += chunk.nll.double()
-                    progress.update()
+                  leave=False, unit="chunk") as bar:
+            order = rng.permutation(len(batches))
+            total_nll = _train_epoch(module, optimizer, [batches[i] for i in order],
+                                     chunk_size, initial_state, bar)
         train_seconds = time.perf_counter() - started
-        train_loss = float(total) / max(n_events, 1)
+        train_loss = total_nll / max(n_events, 1)
         valid_loss = float("nan") if validate is None else float(validate())
         seconds = time.perf_counter() - started
-        history.append({"epoch": epoch, "train_loss": train_loss,
-                        "valid_loss": valid_loss, "seconds": seconds,
-                        "events_per_second": n_events / max(train_seconds, 1e-12)})
         if verbose:
             tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, valid loss "
                        f"{valid_loss:.4f}, {seconds:.1f} s")
-        if validate is None:
-            continue
-        if valid_loss < best_loss:
-            best_loss, best_epoch = valid_loss, epoch
-            best_weights = copy.deepcopy(module.state_dict())
-        elif epoch - best_epoch >= n_iter_no_change:
-            break
-    if best_weights is not None:
-        module.load_state_dict(best_weights)
-    return history, best_epoch
+        progress.record({"epoch": epoch, "train_loss": train_loss,
+                         "valid_loss": valid_loss, "seconds": seconds,
+                         "events_per_second": n_events / max(train_seconds, 1e-12)},
+                        module, validate is not None, n_iter_no_change)
+        if checkpoint is not None:
+            checkpoint.save(_state(progress, module, optimizer, rng))
+    if progress.best_weights is not None:
+        module.load_state_dict(progress.best_weights)
+    return progress.history, progress.best_epoch
+
+
+def _train_epoch(module, optimizer, batches, chunk_size, initial_state, bar):
+    """One optimizer step per chunk of ``batches``; the summed NLL (float)."""
+    device = module.item_input.device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in batches:
+        for chunk in chunk_losses(module, batch, chunk_size, initial_state):
+            optimizer.zero_grad()
+            chunk.loss.backward()
+            optimizer.step(chunk)
+            total += chunk.nll.double()
+            bar.update()
+    return float(total)
+
+
+def _state(progress, module, optimizer, rng):
+    """What :func:`train` needs to go on after ``progress.epoch``."""
+    return {"epoch": progress.epoch, "stopped": progress.stopped,
+            "history": [dict(entry) for entry in progress.history],
+            "best_loss": float(progress.best_loss),
+            "best_epoch": progress.best_epoch,
+            "best_weights": _on_cpu(progress.best_weights),
+            "network": _on_cpu(module.state_dict()),
+            "optimizer": optimizer.state_dict(),
+            # taken between epochs, after this epoch's permutation: a resumed
+            # run draws the next epoch's permutation from here
+            "rng": rng.bit_generator.state}
+
+
+def _resume(checkpoint, module, optimizer, rng):
+    """Load ``checkpoint`` into the module, optimizer and ``rng``.
+
+    Returns the :class:`_Progress` it records, a fresh one without state.
+    """
+    state = checkpoint.load()
+    if state is None:
+        return _Progress()
+    try:
+        progress = _Progress(
+            epoch=int(state["epoch"]),
+            history=[dict(entry) for entry in state["history"]],
+            best_loss=float(state["best_loss"]), best_epoch=state["best_epoch"],
+            best_weights=state["best_weights"], stopped=bool(state["stopped"]))
+        if len(progress.history) != progress.epoch:
+            raise ValueError(f"{len(progress.history)} epochs of history for "
+                             f"{progress.epoch} epochs done")
+        module.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"Cannot resume from {checkpoint}: its training state is "
+                         f"damaged ({type(error).__name__}: {error}). Delete it "
+                         f"to start afresh.") from error
+    return progress
+
+
+def _on_cpu(state_dict):
+    if state_dict is None:
+        return None
+    return {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
