@@ -113,8 +113,9 @@ def tiny_sequences():
     return sequences, lengths, items_of
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_training_loss_and_gradients_match_naive_loop(variant):
+def test_training_loss_and_gradients_match_naive_loop(variant, fused):
     sequences, lengths, items_of = tiny_sequences()
     generator = torch.Generator().manual_seed(1)
     network = CollaborativeRNN(len(lengths), 6, 3, dtype=torch.float64,
@@ -127,7 +128,8 @@ def test_training_loss_and_gradients_match_naive_loop(variant):
     recurrent_grad = torch.zeros_like(network.recurrent)
     package_chunks = []
     for batch in make_batches(sequences, batch_size, "cpu"):
-        for chunk in chunk_losses(network, batch, chunk_size, initial_state):
+        for chunk in chunk_losses(network, batch, chunk_size, initial_state,
+                                  fused=fused):
             chunk.loss.backward()
             package_chunks.append(chunk.loss.item())
             if chunk.user_weights is not None and chunk.user_weights.grad is not None:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._batching import length_sorted_batches, pad
+from ._fused import chunk_states, summed_cross_entropy
 
 
 @dataclass
@@ -96,7 +97,13 @@ class Chunk:
     user_weights: torch.Tensor = None
 
 
-def chunk_losses(module, batch, chunk_size, initial_state):
+#: Train with the hand-written passes of :mod:`._fused` (True) or with
+#: autograd through :meth:`CollaborativeRNN.step` (False, the reference path
+#: the fast one is tested and benchmarked against).
+FUSED = True
+
+
+def chunk_losses(module, batch, chunk_size, initial_state, fused=None):
     """Yield a :class:`Chunk` for each chunk of a batch, in time order.
 
     The generator is lazy: it reads the users' recurrent matrices when the
@@ -110,10 +117,14 @@ def chunk_losses(module, batch, chunk_size, initial_state):
     chunk_size : int
     initial_state : float
         Value of every coordinate of the state before a user's first event.
+    fused : bool, optional
+        Use the hand-written passes of :mod:`._fused` (the same numbers,
+        faster) rather than autograd; :data:`FUSED` by default.
     """
+    fused = FUSED if fused is None else fused
     dtype = module.item_input.dtype
     device = batch.items.device
-    hidden = torch.full((len(batch.lengths), 1, module.hidden_size), initial_state,
+    hidden = torch.full((len(batch.lengths), module.hidden_size), initial_state,
                         dtype=dtype, device=device)
     n_columns = batch.items.shape[1]
     descending = -batch.lengths
@@ -126,24 +137,41 @@ def chunk_losses(module, batch, chunk_size, initial_state):
         real = torch.arange(stop - start, device=device)[None, :] < remaining[:, None]
         if module.shared:
             user_weights = None
-            weights = module.recurrent_for(users)
+            weights = module.recurrent[0]
         else:
             user_weights = module.recurrent.detach()[users].requires_grad_()
-            weights = module.split_recurrent(user_weights)
-        inputs = list(zip(*(terms.unbind(1) for terms in module.input_terms(items))))
-        hidden = hidden[:active].detach()
-        states = []
+            weights = user_weights
         # the last step of the last chunk would only feed a carry nobody reads
         n_steps = stop - start if stop < n_columns else stop - start - 1
-        for t in range(stop - start):
-            states.append(hidden)
-            if t < n_steps:
-                hidden = module.step(hidden, inputs[t], weights)
-        states = torch.cat(states, dim=1)[real]
-        nll = F.cross_entropy(module.logits(states), items[real], reduction="sum")
+        run = _fused_states if fused else _autograd_states
+        states, hidden = run(module, hidden[:active].detach(), items, weights, n_steps)
+        states, targets = states[real], items[real]
+        if fused:
+            nll = summed_cross_entropy(states, module.output_weight,
+                                       module.output_bias, targets)
+        else:
+            nll = F.cross_entropy(module.logits(states), targets, reduction="sum")
         loss = nll / (len(batch.lengths) * chunk_size)
         yield Chunk(loss, nll.detach(), int(real.sum()), users, user_weights)
 
+
+def _fused_states(module, start, items, weights, n_steps):
+    """States before each item of a chunk and the carry, by :func:`chunk_states`."""
+    inputs = F.embedding(items, module.item_input)
+    return chunk_states(start, inputs, weights, module.cell, module.candidate,
+                        n_steps)
+
+
+def _autograd_states(module, start, items, weights, n_steps):
+    """What :func:`_fused_states` computes, step by step through autograd."""
+    weights = module.split_recurrent(weights)
+    inputs = list(zip(*(terms.unbind(1) for terms in module.input_terms(items))))
+    hidden, states = start.unsqueeze(1), []
+    for t in range(items.shape[1]):
+        states.append(hidden)
+        if t < n_steps:
+            hidden = module.step(hidden, inputs[t], weights)
+    return torch.cat(states, dim=1), hidden.squeeze(1)
 
 
 class Optimizer:

@@ -1,0 +1,288 @@
+"""Hand-written forward and backward passes for training, without autograd graphs.
+
+Two :class:`torch.autograd.Function` s replace the per-step autograd graph of a
+chunk and the full ``(events x items)`` cross-entropy of the output layer:
+
+:func:`chunk_states`
+    runs the recurrence over a chunk and keeps only what its backward pass
+    needs (gates, candidates, states). The backward pass is the textbook
+    back-propagation through time, one small batched product per step; the
+    gradients of the recurrent matrices and of the input terms are formed
+    once per chunk, as one batched product over all its steps, instead of
+    one outer product per step.
+:func:`summed_cross_entropy`
+    computes ``sum_n -log softmax(h_n W^T + b)[y_n]`` and keeps the
+    probabilities it computed on the way, so that the backward pass is
+    ``(P - onehot(y))`` and three matrix products; there is no separate
+    log-softmax backward, nor a zero-filled ``(events x items)`` gradient.
+
+Both compute exactly what the autograd path of :mod:`._training` computes
+(they are tested against it and against a naive per-user loop); they are
+faster because a chunk costs a fixed handful of kernels per step instead of
+an autograd graph of a few dozen nodes per step.
+
+Shapes follow :mod:`._cells`: rows are users, states are ``(B, H)`` row
+vectors, recurrent matrices act from the right, ``(B, H, k*H)`` per user or
+``(H, k*H)`` shared, GRU columns are ``[update | reset | candidate]``.
+"""
+
+import torch
+
+#: Most probabilities (rows x items) the cross-entropy keeps from its forward
+#: pass for its backward pass; above this it recomputes them block by block.
+KEEP_CELLS = 2 ** 27
+#: About how many logits a block of rows holds (a few hundred KiB: cache-sized).
+BLOCK_CELLS = 2 ** 19
+
+
+# ------------------------------------------------------------- recurrence
+def chunk_states(start, inputs, weights, cell, candidate, n_steps):
+    """States of a batch over one chunk, differentiable by hand-written BPTT.
+
+    Parameters
+    ----------
+    start : Tensor of shape (B, H)
+        States before the chunk's first item.
+    inputs : Tensor of shape (B, T, k*H)
+        Input terms of the chunk's items (rows of ``item_input``).
+    weights : Tensor of shape (B, H, k*H) or (H, k*H)
+        Per-row recurrent matrices, or one shared set.
+    cell : {"gru", "tanh"}
+    candidate : {"tanh", "sigmoid"}
+        Activation of the GRU's candidate state.
+    n_steps : int
+        Steps to take, ``T`` or ``T - 1`` (the state after the last item of
+        a user's last chunk feeds nothing).
+
+    Returns
+    -------
+    states : Tensor of shape (B, T, H)
+        ``states[:, t]`` is the state before item ``t`` of the chunk.
+    final : Tensor of shape (B, H)
+        The state after ``n_steps`` steps (the carry into the next chunk).
+    """
+    return _ChunkRecurrence.apply(start, inputs, weights, cell, candidate, n_steps)
+
+
+def _bmm(rows, weights, transpose=False):
+    """``rows @ weights`` for ``(B, 1, .)`` rows and batched or shared weights."""
+    if transpose:
+        weights = weights.transpose(-1, -2)
+    if weights.dim() == 3:
+        return torch.bmm(rows, weights)
+    return torch.mm(rows.flatten(0, 1), weights).unsqueeze(1)
+
+
+def _baddbmm(bias, rows, weights):
+    """``bias + rows @ weights`` for ``(B, 1, .)`` rows."""
+    if weights.dim() == 3:
+        return torch.baddbmm(bias, rows, weights)
+    return torch.addmm(bias.flatten(0, 1), rows.flatten(0, 1), weights).unsqueeze(1)
+
+
+def _outer_sum(left, right, shared):
+    """``sum_t left[:, t]^T right[:, t]`` per row ``(B, a, b)``, or summed over rows."""
+    if shared:
+        return left.flatten(0, 1).T @ right.flatten(0, 1)
+    return torch.bmm(left.transpose(1, 2), right)
+
+
+class _ChunkRecurrence(torch.autograd.Function):
+    """Forward: the steps, keeping gates and candidates. Backward: BPTT.
+
+    Every factor of the backward recursion that does not depend on the
+    incoming gradient (activation derivatives, ``c - h``, ``1 - z``) is
+    computed once for the whole chunk after the forward loop, so that a
+    backward step is a few fused multiply-adds and two small products.
+    """
+
+    @staticmethod
+    def forward(ctx, start, inputs, weights, cell, candidate, n_steps):
+        size = start.shape[1]
+        hidden = start.unsqueeze(1)
+        states = [hidden]
+        if cell == "tanh":
+            for t in range(n_steps):
+                hidden = torch.tanh(_baddbmm(inputs[:, t:t + 1], hidden, weights))
+                states.append(hidden)
+        else:
+            activation = torch.sigmoid if candidate == "sigmoid" else torch.tanh
+            gate_weights = weights[..., :2 * size].contiguous()
+            candidate_weights = weights[..., 2 * size:].contiguous()
+            gate_inputs = inputs[..., :2 * size]
+            candidate_inputs = inputs[..., 2 * size:]
+            gates, candidates = [], []
+            for t in range(n_steps):
+                gate = torch.sigmoid(
+                    _baddbmm(gate_inputs[:, t:t + 1], hidden, gate_weights))
+                new = activation(_baddbmm(candidate_inputs[:, t:t + 1],
+                                          gate[..., size:] * hidden, candidate_weights))
+                hidden = torch.lerp(hidden, new, gate[..., :size])
+                gates.append(gate)
+                candidates.append(new)
+                states.append(hidden)
+        n_columns = inputs.shape[1]
+        stacked = torch.cat(states[:n_columns], dim=1)
+        ctx.config = (cell, n_steps, n_columns, inputs.shape[2], weights.dim() == 2)
+        if n_steps == 0:
+            ctx.save_for_backward(weights)
+        elif cell == "tanh":
+            after = torch.cat(states[1:], dim=1)
+            ctx.save_for_backward(weights, stacked[:, :n_steps], 1 - after * after)
+        else:
+            ctx.save_for_backward(
+                weights, stacked[:, :n_steps], torch.cat(gates, dim=1),
+                torch.cat(candidates, dim=1), gate_weights, candidate_weights)
+            ctx.candidate = candidate
+        return stacked, hidden.squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad_states, grad_final):
+        cell, n_steps, n_columns, width, shared = ctx.config
+        weights, *saved = ctx.saved_tensors
+        n_rows = weights.shape[0] if not shared else (
+            grad_states.shape[0] if grad_states is not None else grad_final.shape[0])
+        size = weights.shape[-2]
+        if grad_states is None:
+            grad_states = weights.new_zeros(n_rows, n_columns, size)
+        grad = (weights.new_zeros(n_rows, 1, size) if grad_final is None
+                else grad_final.unsqueeze(1))
+        if n_steps < n_columns:
+            grad = grad + grad_states[:, n_steps:n_steps + 1]
+        grad_inputs = weights.new_zeros(n_rows, n_columns, width)
+        if n_steps == 0:  # a one-item last chunk: its item is predicted, not read
+            return grad.squeeze(1), grad_inputs, torch.zeros_like(weights), \
+                None, None, None
+        if cell == "tanh":
+            before, derivative = saved
+            for t in range(n_steps - 1, -1, -1):
+                pre = torch.mul(grad, derivative[:, t:t + 1],
+                                out=grad_inputs[:, t:t + 1])
+                grad = _baddbmm(grad_states[:, t:t + 1], pre, weights.transpose(-1, -2))
+            grad_weights = _outer_sum(before, grad_inputs[:, :n_steps], shared)
+            return grad.squeeze(1), grad_inputs, grad_weights, None, None, None
+
+        before, gates, candidates, gate_weights, candidate_weights = saved
+        update, reset = gates[..., :size], gates[..., size:]
+        gate_derivative = gates * (1 - gates)
+        # d h'/d z-preactivation = (c - h) z(1 - z); d r-preactivation picks up h r(1 - r)
+        update_factor = (candidates - before) * gate_derivative[..., :size]
+        reset_factor = before * gate_derivative[..., size:]
+        if ctx.candidate == "sigmoid":
+            candidate_factor = candidates * (1 - candidates)
+        else:
+            candidate_factor = 1 - candidates * candidates
+        candidate_factor = candidate_factor * update  # dh'/dc = z
+        keep_factor = 1 - update
+        gate_weights_t = gate_weights.transpose(-1, -2)
+        candidate_weights_t = candidate_weights.transpose(-1, -2)
+        for t in range(n_steps - 1, -1, -1):
+            step = slice(t, t + 1)
+            grad_candidate = torch.mul(grad, candidate_factor[:, step],
+                                       out=grad_inputs[:, step, 2 * size:])
+            grad_reset_hidden = _bmm(grad_candidate, candidate_weights_t)
+            torch.mul(grad, update_factor[:, step], out=grad_inputs[:, step, :size])
+            grad_gate = grad_inputs[:, step, :2 * size]
+            torch.mul(grad_reset_hidden, reset_factor[:, step],
+                      out=grad_inputs[:, step, size:2 * size])
+            grad = torch.addcmul(grad_states[:, step], grad, keep_factor[:, step])
+            grad.addcmul_(grad_reset_hidden, reset[:, step])
+            grad = _baddbmm(grad, grad_gate, gate_weights_t)
+        reset_hidden = reset * before
+        grad_weights = torch.cat([
+            _outer_sum(before, grad_inputs[:, :n_steps, :2 * size], shared),
+            _outer_sum(reset_hidden, grad_inputs[:, :n_steps, 2 * size:], shared)],
+            dim=-1)
+        return grad.squeeze(1), grad_inputs, grad_weights, None, None, None
+
+
+# ----------------------------------------------------------- output layer
+def summed_cross_entropy(hidden, weight, bias, targets, keep_cells=KEEP_CELLS,
+                         block_cells=BLOCK_CELLS):
+    """``sum_n -log softmax(hidden_n @ weight.T + bias)[targets_n]``.
+
+    The logits are computed a block of rows at a time, small enough to stay
+    in the processor's cache while the softmax reads them back.
+
+    Parameters
+    ----------
+    hidden : Tensor of shape (N, H)
+    weight : Tensor of shape (V, H)
+    bias : Tensor of shape (V,)
+    targets : LongTensor of shape (N,)
+    keep_cells : int
+        Keep the probabilities for the backward pass when ``N * V`` is at
+        most this; recompute them block by block otherwise.
+    block_cells : int
+        About how many logits a block holds (at least 16 rows).
+
+    Returns
+    -------
+    Tensor
+        A scalar.
+    """
+    return _SummedCrossEntropy.apply(hidden, weight, bias, targets, keep_cells,
+                                     block_cells)
+
+
+def _block_rows(n_rows, n_items, block_cells):
+    return max(16, min(n_rows, block_cells // max(n_items, 1)))
+
+
+def _softmax_block(hidden, weight, bias, targets):
+    """Probabilities of a block of rows and the rows' summed cross-entropy.
+
+    The cross-entropy is ``max_logit - log(max_proba) - target_logit``
+    (``log_sum_exp = max_logit - log(max_proba)``): exact without a second
+    pass of exponentials, and ``max_proba >= 1 / V`` never underflows.
+    """
+    logits = torch.addmm(bias, hidden, weight.T)
+    target_logits = logits.gather(1, targets[:, None])
+    max_logits = logits.amax(dim=1, keepdim=True)
+    proba = torch.softmax(logits, dim=1)
+    del logits
+    log_normalizers = max_logits - proba.amax(dim=1, keepdim=True).log()
+    return proba, (log_normalizers - target_logits).sum()
+
+
+class _SummedCrossEntropy(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, keep_cells, block_cells):
+        n_rows, n_items = hidden.shape[0], weight.shape[0]
+        rows = _block_rows(n_rows, n_items, block_cells)
+        keep = n_rows * n_items <= keep_cells
+        total = hidden.new_zeros(())
+        kept = []
+        for begin in range(0, n_rows, rows):
+            proba, nll = _softmax_block(hidden[begin:begin + rows], weight, bias,
+                                        targets[begin:begin + rows])
+            total = total + nll
+            if keep:
+                kept.append(proba)
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.kept, ctx.rows = kept, rows
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        rows = ctx.rows
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight)
+        grad_bias = torch.zeros_like(bias)
+        for index, begin in enumerate(range(0, hidden.shape[0], rows)):
+            block, block_targets = hidden[begin:begin + rows], targets[begin:begin + rows]
+            if ctx.kept:
+                proba = ctx.kept[index]
+            else:
+                proba, _ = _softmax_block(block, weight, bias, block_targets)
+            # d(-log p_y)/d(logits) = p - onehot(y)
+            proba.scatter_add_(1, block_targets[:, None],
+                               proba.new_full((len(block), 1), -1.0))
+            torch.mm(proba, weight, out=grad_hidden[begin:begin + rows])
+            grad_weight.addmm_(proba.T, block)
+            grad_bias.add_(proba.sum(dim=0))
+        ctx.kept = None
+        return (grad_hidden * grad_total, grad_weight * grad_total,
+                grad_bias * grad_total, None, None, None)
