@@ -1,5 +1,6 @@
 """The collaborative RNN recommender (Ko, Maystre & Grossglauser, ACML 2016)."""
 
+import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,8 +13,15 @@ from tqdm.auto import tqdm
 from .. import _persistence
 from .._base import BaseRecommender
 from ._batching import validation_sizes, window
+from ._checkpoint import Checkpoint, fingerprint
 from ._cells import CollaborativeRNN, forward_states, log_proba_from_states
 from ._training import Optimizer, make_batches, train
+
+#: Parameters that may differ between a fit and the fit that resumes it: they
+#: do not change what training computes (a resumed run may also use another
+#: device; results are then equal up to floating-point rounding).
+_NOT_IN_FINGERPRINT = frozenset({"verbose", "device", "checkpoint_dir", "user_col",
+                                 "item_col", "time_col", "handle_unknown"})
 
 #: Type of inference: double precision keeps a row's score independent of the
 #: rows it is batched with (float32 kernels round differently per batch shape).
@@ -118,6 +126,20 @@ class CollaborativeGRURecommender(BaseRecommender):
         CPU is reproducible.
     verbose : int, default=0
         Progress bar and one line per epoch when positive.
+    checkpoint_dir : str, path-like or None, default=None
+        Directory (created if missing) where training keeps a checkpoint,
+        ``checkpoint.pt``, rewritten atomically after every epoch: weights,
+        optimizer statistics, random generator, history and best epoch. If
+        ``fit`` stops before the end (an exception, a killed process),
+        fitting again with the same parameters and events resumes after the
+        last finished epoch (of the run with validation or of the refit); on
+        the CPU with an int ``random_state`` the fitted model is then the
+        same as that of an uninterrupted fit. A checkpoint of a fit with other
+        events or other parameters (those that do not change training aside:
+        ``verbose``, ``device``, ``checkpoint_dir``, the column names and
+        ``handle_unknown``) raises ``ValueError``. A fit that completes
+        deletes its checkpoint, so that the next fit starts afresh. Fits
+        running at the same time need different directories.
     user_col, item_col, time_col : str, default="user", "item", "timestamp"
         Column names of the events frame.
     handle_unknown : {"ignore", "error"}, default="ignore"
@@ -190,6 +212,7 @@ class CollaborativeGRURecommender(BaseRecommender):
         "device": [str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "checkpoint_dir": [None, str, os.PathLike],
     }
 
     def __init__(self, hidden_size=32, learning_rate=0.0075, *, cell="gru",
@@ -198,8 +221,8 @@ class CollaborativeGRURecommender(BaseRecommender):
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
                  n_iter_no_change=3, refit=True, max_train_chunks=None,
                  initial_state=0.0, device="auto", random_state=None, verbose=0,
-                 user_col="user", item_col="item", time_col="timestamp",
-                 handle_unknown="ignore"):
+                 checkpoint_dir=None, user_col="user", item_col="item",
+                 time_col="timestamp", handle_unknown="ignore"):
         self.hidden_size = hidden_size
         self.learning_rate = learning_rate
         self.cell = cell
@@ -219,6 +242,7 @@ class CollaborativeGRURecommender(BaseRecommender):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
         self.user_col = user_col
         self.item_col = item_col
         self.time_col = time_col
@@ -234,17 +258,30 @@ class CollaborativeGRURecommender(BaseRecommender):
     def _fit_sequences(self, sequences):
         device = resolve_device(self.device)
         seeds = check_random_state(self.random_state).randint(0, 2 ** 31 - 1, size=2)
+        checkpoint, record = self._open_checkpoint(sequences)
+        if record is not None:
+            seeds = record["seeds"]  # those of the fit that wrote it
         lengths = sequences.lengths
         n_valid = validation_sizes(lengths, self.validation_fraction)
-        network, self.history_, self.best_epoch_ = self._train(
-            sequences, lengths - n_valid, self.max_epochs, seeds, device)
+        if record is not None and record["phase"] == 2:
+            if self.verbose:
+                tqdm.write(f"{checkpoint} is of the refit: the run with "
+                           f"validation is done")
+            self.history_ = [dict(entry) for entry in record["first_history"]]
+            self.best_epoch_ = record["first_best_epoch"]
+        else:
+            network, self.history_, self.best_epoch_ = self._train(
+                sequences, lengths - n_valid, self.max_epochs, seeds, device,
+                _phase(checkpoint, 1, seeds, record))
         self.n_iter_ = len(self.history_)
         self.refit_history_ = None
         if self.refit and self.best_epoch_ is not None:
             if self.verbose:
                 tqdm.write(f"refit on all events for {self.best_epoch_} epoch(s)")
             network, self.refit_history_, _ = self._train(
-                sequences, lengths, self.best_epoch_, seeds, device)
+                sequences, lengths, self.best_epoch_, seeds, device,
+                _phase(checkpoint, 2, seeds, record, first_history=self.history_,
+                       first_best_epoch=self.best_epoch_))
         for parameter in network.parameters():
             parameter.requires_grad_(False)
         self.network_ = network
@@ -253,12 +290,30 @@ class CollaborativeGRURecommender(BaseRecommender):
         self.final_states_ = forward_states(network, sequences, start,
                                             sequences.prefix_start + lengths,
                                             dtype=_INFERENCE_DTYPE)
+        if checkpoint is not None:
+            checkpoint.remove()
 
-    def _train(self, sequences, n_train, max_epochs, seeds, device):
+    def _open_checkpoint(self, sequences):
+        """The fit's :class:`Checkpoint` and the record it resumes from.
+
+        ``(None, None)`` without ``checkpoint_dir``; the record is None when
+        there is no checkpoint yet.
+        """
+        if self.checkpoint_dir is None:
+            return None, None
+        params = {name: value for name, value in self.get_params(deep=False).items()
+                  if name not in _NOT_IN_FINGERPRINT}
+        checkpoint = Checkpoint(self.checkpoint_dir, type(self).__name__,
+                                fingerprint(params, sequences, self.n_items_))
+        return checkpoint, checkpoint.read()
+
+    def _train(self, sequences, n_train, max_epochs, seeds, device, checkpoint=None):
         """Train a new network on each user's first ``n_train`` events.
 
         The events after them, if any, are the validation suffixes. The same
-        ``seeds`` give the same initial weights and batch orders.
+        ``seeds`` give the same initial weights and batch orders. With a
+        ``checkpoint`` (of :func:`train`), training resumes from it and
+        records itself there.
 
         Returns the network, its history and its best epoch (None without
         validation).
@@ -286,7 +341,7 @@ class CollaborativeGRURecommender(BaseRecommender):
             network, optimizer, batches, max_epochs=max_epochs,
             chunk_size=self.chunk_size, initial_state=self.initial_state,
             validate=validate, n_iter_no_change=self.n_iter_no_change, rng=rng,
-            verbose=self.verbose)
+            verbose=self.verbose, checkpoint=checkpoint)
         return network, history, best_epoch
 
     # -------------------------------------------------------------- scoring
@@ -442,6 +497,21 @@ class _Validation:
         sums = np.bincount(self.groups, weights=nll)
         counts = np.bincount(self.groups)
         return float(np.mean(sums / counts))
+
+
+def _phase(checkpoint, phase, seeds, record, **first):
+    """The view of ``checkpoint`` that :func:`train` uses in ``phase``.
+
+    None without a checkpoint; it resumes from ``record`` when that is of
+    the same phase. ``first`` is phase 1's ``first_history`` and
+    ``first_best_epoch``, recorded by phase 2.
+    """
+    if checkpoint is None:
+        return None
+    resume_from = None
+    if record is not None and record["phase"] == phase:
+        resume_from = record["training"]
+    return checkpoint.phase(phase, seeds, resume_from=resume_from, **first)
 
 
 def resolve_device(spec):
