@@ -61,6 +61,9 @@ def chunk_states(start, inputs, weights, cell, candidate, n_steps):
     final : Tensor of shape (B, H)
         The state after ``n_steps`` steps (the carry into the next chunk).
     """
+    if not inputs.shape[1] - 1 <= n_steps <= inputs.shape[1]:
+        raise ValueError(f"n_steps must be T or T - 1 (T = {inputs.shape[1]}); "
+                         f"got {n_steps}.")
     return _ChunkRecurrence.apply(start, inputs, weights, cell, candidate, n_steps)
 
 

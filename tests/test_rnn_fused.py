@@ -1,0 +1,138 @@
+"""The hand-written passes of ``skcrnn._rnn._fused`` against autograd and finite differences."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skcrnn._rnn._cells import CollaborativeRNN
+from skcrnn._rnn._fused import chunk_states, summed_cross_entropy
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CELLS = {"gru-tanh": ("gru", "tanh"), "gru-sigmoid": ("gru", "sigmoid"),
+         "tanh": ("tanh", "tanh")}
+
+
+def _inputs(cell, shared, n_rows=4, n_columns=5, size=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    width = (3 if cell == "gru" else 1) * size
+    start = torch.randn(n_rows, size, generator=generator, dtype=torch.float64)
+    inputs = torch.randn(n_rows, n_columns, width, generator=generator,
+                         dtype=torch.float64)
+    shape = (size, width) if shared else (n_rows, size, width)
+    weights = torch.randn(shape, generator=generator, dtype=torch.float64) / size
+    return [t.requires_grad_() for t in (start, inputs, weights)]
+
+
+def _reference_states(start, inputs, weights, cell, candidate, n_steps):
+    """The same recurrence through :meth:`CollaborativeRNN.step` and autograd."""
+    size = start.shape[1]
+    network = CollaborativeRNN(1, 1, size, cell=cell, candidate=candidate,
+                               dtype=torch.float64)
+    split = network.split_recurrent(weights)
+    terms = inputs.unsqueeze(2)
+    if cell == "gru":
+        terms = (terms[..., :2 * size], terms[..., 2 * size:])
+    else:
+        terms = (terms,)
+    hidden, states = start.unsqueeze(1), []
+    for t in range(inputs.shape[1]):
+        states.append(hidden)
+        if t < n_steps:
+            hidden = network.step(hidden, tuple(x[:, t] for x in terms), split)
+    return torch.cat(states, dim=1), hidden.squeeze(1)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-user", "shared"])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("n_columns, n_steps", [(5, 5), (5, 4), (1, 1), (1, 0)])
+def test_chunk_states_match_autograd(cell, shared, n_columns, n_steps):
+    cell, candidate = CELLS[cell]
+    tensors = _inputs(cell, shared, n_columns=n_columns)
+    generator = torch.Generator().manual_seed(1)
+    # a loss on every state and on the carry, with random weights
+    state_weights = torch.randn(4, n_columns, 3, generator=generator,
+                                dtype=torch.float64)
+    carry_weights = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+
+    def loss(states, final):
+        return (states * state_weights).sum() + (final * carry_weights).sum()
+
+    fused = chunk_states(*tensors, cell, candidate, n_steps)
+    fused_grads = torch.autograd.grad(loss(*fused), tensors)
+    reference = _reference_states(*tensors, cell, candidate, n_steps)
+    reference_grads = torch.autograd.grad(loss(*reference), tensors, allow_unused=True,
+                                          materialize_grads=True)
+    for got, expected in zip(fused, reference):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for got, expected, name in zip(fused_grads, reference_grads,
+                                   ("start", "inputs", "weights")):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-user", "shared"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_chunk_states_gradcheck(cell, shared):
+    cell, candidate = CELLS[cell]
+    tensors = _inputs(cell, shared, n_rows=2, n_columns=3, size=2)
+    assert torch.autograd.gradcheck(
+        lambda *t: chunk_states(*t, cell, candidate, 3), tensors)
+
+
+def test_chunk_states_only_state_gradient():
+    """A loss on the states alone (the carry unused) still back-propagates."""
+    tensors = _inputs("gru", False)
+    states, _ = chunk_states(*tensors, "gru", "sigmoid", 4)
+    reference, _ = _reference_states(*tensors, "gru", "sigmoid", 4)
+    got = torch.autograd.grad(states.pow(2).sum(), tensors)
+    expected = torch.autograd.grad(reference.pow(2).sum(), tensors)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
+# ------------------------------------------------------------ output layer
+def _output_problem(n_rows=37, n_items=11, size=4, scale=1.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n_rows, size, generator=generator, dtype=torch.float64)
+    weight = scale * torch.randn(n_items, size, generator=generator, dtype=torch.float64)
+    bias = torch.randn(n_items, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, n_items, (n_rows,), generator=generator)
+    return hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), targets
+
+
+@pytest.mark.parametrize("keep_cells, block_cells", [
+    (2 ** 27, 2 ** 16),  # one block, probabilities kept
+    (2 ** 27, 11 * 16),  # 16-row blocks, kept
+    (0, 11 * 16),        # 16-row blocks, recomputed in the backward pass
+])
+def test_summed_cross_entropy_matches_torch(keep_cells, block_cells):
+    hidden, weight, bias, targets = _output_problem()
+    got = summed_cross_entropy(hidden, weight, bias, targets, keep_cells, block_cells)
+    expected = F.cross_entropy(hidden @ weight.T + bias, targets, reduction="sum")
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    upstream = 0.37  # the chunk loss divides the sum by the number of slots
+    got_grads = torch.autograd.grad(upstream * got, (hidden, weight, bias))
+    expected_grads = torch.autograd.grad(upstream * expected, (hidden, weight, bias))
+    for g, e, name in zip(got_grads, expected_grads, ("hidden", "weight", "bias")):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_summed_cross_entropy_gradcheck():
+    hidden, weight, bias, targets = _output_problem(n_rows=5, n_items=4, size=2)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: summed_cross_entropy(h, w, b, targets, 2 ** 27, 4 * 16),
+        (hidden, weight, bias))
+
+
+def test_summed_cross_entropy_is_exact_for_very_unlikely_targets():
+    """Targets of probability far below float32's smallest normal number."""
+    hidden, weight, bias, targets = _output_problem(scale=300.0)
+    with torch.no_grad():
+        hidden, weight, bias = hidden.float(), weight.float(), bias.float()
+    got = summed_cross_entropy(hidden, weight, bias, targets)
+    logits = (hidden @ weight.T + bias).double()
+    expected = F.cross_entropy(logits, targets, reduction="sum")
+    assert expected > 37 * 200  # probabilities around exp(-200): 0 in float32
+    assert np.isfinite(got.item())
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
