@@ -10,12 +10,12 @@ _START = np.datetime64("2020-01-01T00:00:00", "ns")
 _START_SPREAD_SECONDS = 30 * 24 * 3600  # users start within the first 30 days
 _MEAN_GAP_SECONDS = 3600.0
 _LENGTH_SIGMA = 0.75  # log-normal spread of the users' shares of events
-_SHARED_CONCENTRATION = 0.5  # Dirichlet parameter of the rows of A
 
 
 def make_sequences(n_users=100, n_items=500, n_events=20000, *, n_topics=None,
                    user_heterogeneity=0.8, memory=0.5, noise=0.05,
-                   popularity_exponent=1.0, min_length=20, random_state=None,
+                   popularity_exponent=1.0, shared_concentration=0.5,
+                   min_length=20, random_state=None,
                    return_params=False, user_col="user", item_col="item",
                    time_col="timestamp"):
     r"""Generate events from a collaborative recurrent process.
@@ -28,15 +28,16 @@ def make_sequences(n_users=100, n_items=500, n_events=20000, *, n_topics=None,
     known ground truth without downloads.
 
     The process, with :math:`K` topics, :math:`h` = ``user_heterogeneity``,
-    :math:`m` = ``memory``, :math:`\varepsilon` = ``noise`` and :math:`a` =
-    ``popularity_exponent``:
+    :math:`m` = ``memory``, :math:`\varepsilon` = ``noise``, :math:`a` =
+    ``popularity_exponent`` and :math:`c` = ``shared_concentration``:
 
     - Items are split at random into :math:`K` topics of near-equal sizes.
       Within topic :math:`k`, the item of rank :math:`r` (a random order) has
       probability :math:`q_k(r) \propto r^{-a}` (Zipf-like; :math:`a=0` is
       uniform).
     - A shared row-stochastic matrix :math:`A` (rows drawn from a symmetric
-      Dirichlet(0.5)) holds the collaborative dynamics. Each user :math:`u`
+      Dirichlet(:math:`c`); a small :math:`c` puts most of a row's mass on
+      a few topics) holds the collaborative dynamics. Each user :math:`u`
       has a random permutation :math:`\pi_u` of the topics, with permutation
       matrix :math:`P_u` (:math:`P_u[k, \pi_u(k)] = 1`), and the transition
       matrix
@@ -86,6 +87,11 @@ def make_sequences(n_users=100, n_items=500, n_events=20000, *, n_topics=None,
         Probability :math:`\varepsilon` of a uniformly random next topic.
     popularity_exponent : float >= 0, default 1.0
         Exponent :math:`a` of the within-topic Zipf-like popularity.
+    shared_concentration : float > 0, default 0.5
+        Parameter :math:`c` of the symmetric Dirichlet of the rows of
+        :math:`A`. Below 1 the shared dynamics favour a few successors of each
+        topic, which a global bigram can learn; large values make every row
+        of :math:`A` close to uniform.
     min_length : int, default 20
         Shortest sequence (at least 1).
     random_state : None, int, numpy.random.RandomState or numpy.random.Generator
@@ -134,7 +140,8 @@ def make_sequences(n_users=100, n_items=500, n_events=20000, *, n_topics=None,
     """
     n_topics = _check_params(n_users, n_items, n_events, n_topics,
                              user_heterogeneity, memory, noise,
-                             popularity_exponent, min_length)
+                             popularity_exponent, shared_concentration,
+                             min_length)
     if len({user_col, item_col, time_col}) != 3:
         raise ValueError("user_col, item_col and time_col must differ; got "
                          f"{[user_col, item_col, time_col]!r}.")
@@ -142,7 +149,7 @@ def make_sequences(n_users=100, n_items=500, n_events=20000, *, n_topics=None,
 
     topic_items, topic_sizes = _split_items(n_items, n_topics, rng)
     item_cdf = _within_topic_cdf(topic_sizes, popularity_exponent)
-    shared = rng.dirichlet(np.full(n_topics, _SHARED_CONCENTRATION), size=n_topics)
+    shared = _shared_transition(n_topics, shared_concentration, rng)
     permutations = np.argsort(rng.random_sample((n_users, n_topics)), axis=1)
     lengths = _sequence_lengths(n_users, n_events, min_length, rng)
 
@@ -162,7 +169,8 @@ def make_sequences(n_users=100, n_items=500, n_events=20000, *, n_topics=None,
 
 # ------------------------------------------------------------ validation
 def _check_params(n_users, n_items, n_events, n_topics, user_heterogeneity,
-                  memory, noise, popularity_exponent, min_length):
+                  memory, noise, popularity_exponent, shared_concentration,
+                  min_length):
     """Validate the parameters; return the number of topics to use."""
     for name, value, lowest in (("n_users", n_users, 1), ("n_items", n_items, 1),
                                 ("n_events", n_events, 1),
@@ -187,6 +195,9 @@ def _check_params(n_users, n_items, n_events, n_topics, user_heterogeneity,
         raise ValueError("memory must be below 1: with memory=1 the state never "
                          "sees the items.")
     _check_real("popularity_exponent", popularity_exponent, 0.0, np.inf)
+    _check_real("shared_concentration", shared_concentration, 0.0, np.inf)
+    if shared_concentration == 0:
+        raise ValueError("shared_concentration must be positive; got 0.")
     return int(n_topics)
 
 
@@ -231,6 +242,18 @@ def _within_topic_cdf(topic_sizes, exponent):
     cdf = topic_of_slot + running - np.repeat(before, topic_sizes)
     cdf[np.cumsum(topic_sizes) - 1] = np.arange(1, len(topic_sizes) + 1)
     return cdf
+
+
+def _shared_transition(n_topics, concentration, rng):
+    """Rows of A from a symmetric Dirichlet(concentration)."""
+    shared = rng.dirichlet(np.full(n_topics, float(concentration)), size=n_topics)
+    # With a tiny concentration every gamma draw of a row can underflow to 0
+    # and the row comes back NaN; the Dirichlet's limit there is a vertex
+    # of the simplex chosen uniformly.
+    degenerate = np.flatnonzero(~np.isfinite(shared).all(axis=1))
+    if len(degenerate):
+        shared[degenerate] = np.eye(n_topics)[rng.randint(n_topics, size=len(degenerate))]
+    return shared
 
 
 def _sequence_lengths(n_users, n_events, min_length, rng):
