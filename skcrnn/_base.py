@@ -12,6 +12,11 @@
     history (the empty prefix of a group is "right after the training
     history"; a group whose user code is ``-1`` belongs to a user the model does
     not know, whose history is empty).
+
+For :meth:`~BaseRecommender.save` and :meth:`~BaseRecommender.load`, a model
+lists in ``_saved_attributes`` the fitted attributes that ``_fit_sequences``
+sets (arrays, sparse matrices, scalars), or overrides ``_fitted_state`` and
+``_restore_fitted_state``.
 """
 
 import warnings
@@ -25,12 +30,20 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from . import _persistence
 from ._events import Sequences, check_events, group_sorted, time_order
 
 #: Largest ``predict_proba`` answer (rows x items) built in memory.
 MAX_PREDICT_PROBA_CELLS = 2 ** 27
 #: Rows x items of log-probabilities computed at once by the chunked paths.
 _CHUNK_CELLS = 2 ** 22
+#: Entries of a saved file written by :meth:`BaseRecommender.save` itself.
+_BASE_ENTRIES = ("format", "format_version", "estimator", "checksum", "params",
+                 "classes", "users", "fit_sequences")
+#: Errors that restoring a model from a record with missing or odd entries
+#: raises; :meth:`BaseRecommender.load` reports them as a damaged file.
+_DAMAGE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                  RuntimeError)
 
 
 class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
@@ -46,6 +59,13 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         "time_col": [Hashable],
         "handle_unknown": [StrOptions({"ignore", "error"})],
     }
+
+    #: Fitted attributes that :meth:`save` writes besides the vocabularies and
+    #: the histories: name -> the names of an array's (or sparse matrix's)
+    #: dimensions, or a scalar's type (see ``_persistence.from_saved``).
+    #: ``"n_users"`` and ``"n_items"`` are the vocabularies' sizes; other
+    #: dimension names must agree wherever they appear.
+    _saved_attributes = {}
 
     # ------------------------------------------------------------------ steps
     @abstractmethod
@@ -356,6 +376,128 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             local_prefixes = (prefixes[positions] - starts[group[positions]]
                               + subset.prefix_start[local])
             yield positions, self._log_proba(subset, local_prefixes)
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the fitted model to one file.
+
+        The file holds the parameters, the vocabularies, the users' fitted
+        histories and the fitted arrays and tensors, written with
+        ``torch.save`` as plain values and tensors only, so that
+        ``torch.load(path, weights_only=True)`` reads it (loading runs no
+        code). It also holds a checksum of its content, which :meth:`load`
+        verifies. A ``random_state`` given as a generator object is saved as
+        ``None``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write; an existing file is replaced.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the model is not fitted.
+        ValueError
+            If a label or parameter cannot be saved without pickle (labels
+            must be strings, numbers or booleans).
+
+        See Also
+        --------
+        load : Read the model back.
+        """
+        check_is_fitted(self)
+        state = self._fitted_state()
+        clash = sorted(set(state) & set(_BASE_ENTRIES))
+        if clash:
+            raise RuntimeError(f"{type(self).__name__}._fitted_state uses the "
+                               f"reserved entries {clash}.")
+        payload = {
+            "params": _persistence.plain_params(self.get_params(deep=False)),
+            "classes": _persistence.labels_to_plain(self.classes_),
+            "users": _persistence.labels_to_plain(self.users_),
+            "fit_sequences": _persistence.sequences_to_tensors(self._history),
+            **state,
+        }
+        _persistence.write(path, type(self).__name__, payload)
+
+    @classmethod
+    def load(cls, path, device=None):
+        """Read a model written by :meth:`save`.
+
+        The loaded model gives the same answers as the saved one in every
+        method.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by ``save`` of this class.
+        device : str, optional
+            Where to put the tensors of a model that computes with torch
+            (:class:`~skcrnn.CollaborativeGRURecommender`); ignored by the
+            other models.
+
+        Returns
+        -------
+        model : object
+            The fitted model, an instance of this class.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a skcrnn model file, is damaged or truncated,
+            was written by a newer version of skcrnn, or holds another
+            estimator class.
+        FileNotFoundError
+            If there is no file at ``path``.
+        """
+        record = _persistence.read(path, cls.__name__, map_location="cpu")
+        try:
+            model = cls(**record["params"])
+            model._validate_params()
+            model._restore_fit(record)
+            model._restore_fitted_state(record, device)
+        except _DAMAGE_ERRORS as error:
+            raise ValueError(f"{path!s} is a damaged skcrnn model file: "
+                             f"{type(error).__name__}: {error}") from error
+        return model
+
+    def _restore_fit(self, record):
+        """Set what :meth:`fit` sets before ``_fit_sequences``."""
+        self.classes_ = _persistence.labels_from_plain(record["classes"])
+        self.users_ = _persistence.labels_from_plain(record["users"])
+        for name in ("classes_", "users_"):
+            if not pd.Index(getattr(self, name)).is_unique:
+                raise ValueError(f"{name} has repeated labels")
+        self.n_items_ = len(self.classes_)
+        self.n_users_ = len(self.users_)
+        history = _persistence.sequences_from_tensors(record["fit_sequences"])
+        _persistence.check_history(history, self.n_users_, self.n_items_)
+        self._history = history
+
+    def _fitted_state(self):
+        """What ``_fit_sequences`` learned, as entries of a saved file.
+
+        Returns
+        -------
+        dict
+            Tensors (on the CPU), dicts of them, and plain values. By default
+            the attributes named in ``_saved_attributes``, under their names.
+        """
+        return {name: _persistence.to_saved(getattr(self, name))
+                for name in self._saved_attributes}
+
+    def _restore_fitted_state(self, record, device):
+        """Inverse of :meth:`_fitted_state`; ``classes_``, ``users_``,
+        ``n_items_``, ``n_users_`` and ``_history`` are already set.
+
+        Raises ``ValueError`` (or ``KeyError``, ``TypeError``) when the record
+        does not fit; :meth:`load` reports it as a damaged file.
+        """
+        sizes = {"n_users": self.n_users_, "n_items": self.n_items_}
+        for name, spec in self._saved_attributes.items():
+            setattr(self, name,
+                    _persistence.from_saved(record[name], spec, sizes, name))
 
 
 class _Continuations:

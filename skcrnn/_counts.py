@@ -91,6 +91,8 @@ class UnigramRecommender(BaseRecommender):
         **BaseRecommender._parameter_constraints,
         "alpha": [Interval(Real, 0, None, closed="left")],
     }
+    _saved_attributes = {"item_counts_": ("n_items",),
+                         "item_log_proba_": ("n_items",)}
 
     def __init__(self, alpha=1.0, *, user_col="user", item_col="item",
                  time_col="timestamp", handle_unknown="ignore"):
@@ -144,6 +146,8 @@ class PersonalUnigramRecommender(BaseRecommender):
         **BaseRecommender._parameter_constraints,
         "beta": [Interval(Real, 0, None, closed="neither")],
     }
+    _saved_attributes = {"user_item_counts_": ("n_users", "n_items"),
+                         "global_proba_": ("n_items",)}
 
     def __init__(self, beta=1.0, *, user_col="user", item_col="item",
                  time_col="timestamp", handle_unknown="ignore"):
@@ -157,9 +161,16 @@ class PersonalUnigramRecommender(BaseRecommender):
         self.user_item_counts_ = count_matrix(
             sequences.group_of_event, sequences.items,
             (self.n_users_, self.n_items_))
-        self._user_totals = sequences.lengths.astype(float)
         counts = np.bincount(sequences.items, minlength=self.n_items_)
         self.global_proba_ = counts / counts.sum()
+        self._set_user_totals(sequences)
+
+    def _restore_fitted_state(self, record, device):
+        super()._restore_fitted_state(record, device)
+        self._set_user_totals(self._history)
+
+    def _set_user_totals(self, sequences):
+        self._user_totals = sequences.lengths.astype(float)
 
     def _log_proba(self, sequences, prefixes, targets=None):
         groups, lengths = _prefix_coordinates(sequences, prefixes)
@@ -211,6 +222,9 @@ class BigramRecommender(BaseRecommender):
         **BaseRecommender._parameter_constraints,
         "alpha": [Interval(Real, 0, None, closed="neither")],
     }
+    _saved_attributes = {"transition_counts_": ("n_items", "n_items"),
+                         "global_proba_": ("n_items",),
+                         "last_item_": ("n_users",)}
 
     def __init__(self, alpha=1.0, *, user_col="user", item_col="item",
                  time_col="timestamp", handle_unknown="ignore"):
@@ -226,10 +240,17 @@ class BigramRecommender(BaseRecommender):
         self.transition_counts_ = count_matrix(
             items[:-1][same_user], items[1:][same_user],
             (self.n_items_, self.n_items_))
-        self._out_counts = np.asarray(self.transition_counts_.sum(axis=1)).ravel()
         counts = np.bincount(items, minlength=self.n_items_)
         self.global_proba_ = counts / counts.sum()
         self.last_item_ = items[sequences.indptr[1:] - 1]
+        self._set_out_counts()
+
+    def _restore_fitted_state(self, record, device):
+        super()._restore_fitted_state(record, device)
+        self._set_out_counts()
+
+    def _set_out_counts(self):
+        self._out_counts = np.asarray(self.transition_counts_.sum(axis=1)).ravel()
 
     def _previous_items(self, sequences, prefixes):
         groups, lengths = _prefix_coordinates(sequences, prefixes)

@@ -104,6 +104,11 @@ class HMMRecommender(BaseRecommender):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
+    _saved_attributes = {
+        "startprob_": ("n_states",), "transmat_": ("n_states", "n_states"),
+        "emissionprob_": ("n_states", "n_items"),
+        "final_state_": ("n_users", "n_states"), "n_iter_": int,
+    }
 
     def __init__(self, n_states=10, *, n_iter=20, tol=1e-2,
                  emission_smoothing=0.1, random_state=None, verbose=0,
@@ -121,14 +126,8 @@ class HMMRecommender(BaseRecommender):
         self.handle_unknown = handle_unknown
 
     def _fit_sequences(self, sequences):
-        from hmmlearn.hmm import CategoricalHMM
-
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-        model = CategoricalHMM(
-            n_components=self.n_states, n_features=self.n_items_,
-            emissionprob_prior=1.0 + self.emission_smoothing,
-            n_iter=self.n_iter, tol=self.tol, random_state=seed,
-            verbose=bool(self.verbose), implementation="scaling")
+        model = self._new_hmm(seed)
         model.fit(sequences.items[:, None], sequences.lengths)
         never_left = model.transmat_.sum(axis=1) == 0
         if never_left.any():
@@ -140,11 +139,39 @@ class HMMRecommender(BaseRecommender):
         self.startprob_ = model.startprob_
         self.transmat_ = model.transmat_
         self.emissionprob_ = model.emissionprob_
-        # rows gathered by item at every step of the recursion
-        self._emission_t = np.ascontiguousarray(self.emissionprob_.T)
+        self._set_emission_t()
         start = np.broadcast_to(self.startprob_, (sequences.n_groups, self.n_states))
         self.final_state_ = _forward(sequences, start, self.transmat_,
                                      self._emission_t)[0]
+
+    def _new_hmm(self, seed):
+        from hmmlearn.hmm import CategoricalHMM
+
+        return CategoricalHMM(
+            n_components=self.n_states, n_features=self.n_items_,
+            emissionprob_prior=1.0 + self.emission_smoothing,
+            n_iter=self.n_iter, tol=self.tol, random_state=seed,
+            verbose=bool(self.verbose), implementation="scaling")
+
+    def _set_emission_t(self):
+        # rows gathered by item at every step of the recursion
+        self._emission_t = np.ascontiguousarray(self.emissionprob_.T)
+
+    def _fitted_state(self):
+        return {**super()._fitted_state(),
+                "hmm_random_state": _random_state_to_plain(self.hmm_.random_state)}
+
+    def _restore_fitted_state(self, record, device):
+        super()._restore_fitted_state(record, device)
+        if self.startprob_.shape != (self.n_states,):
+            raise ValueError(f"the file has {len(self.startprob_)} states, its "
+                             f"parameters n_states={self.n_states}")
+        # hmm_ is rebuilt around the saved parameters (its EM monitor is not)
+        self.hmm_ = self._new_hmm(_random_state_from_plain(record["hmm_random_state"]))
+        self.hmm_.startprob_ = self.startprob_
+        self.hmm_.transmat_ = self.transmat_
+        self.hmm_.emissionprob_ = self.emissionprob_
+        self._set_emission_t()
 
     def _log_proba(self, sequences, prefixes, targets=None):
         users = sequences.user_codes
@@ -158,6 +185,23 @@ class HMMRecommender(BaseRecommender):
         if targets is not None:
             return np.log(predicted)
         return np.log(predicted @ self.emissionprob_)
+
+
+def _random_state_to_plain(random_state):
+    """The state of ``hmm_``'s generator (hmmlearn makes it a RandomState) as
+    plain values, so that ``hmm_.sample`` goes on alike after loading."""
+    _, key, position, has_gauss, cached = check_random_state(
+        random_state).get_state()
+    return {"key": key.tolist(), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _random_state_from_plain(plain):
+    random_state = np.random.RandomState()
+    random_state.set_state(("MT19937", np.asarray(plain["key"], dtype=np.uint32),
+                            plain["position"], plain["has_gauss"],
+                            plain["cached_gaussian"]))
+    return random_state
 
 
 def _forward(sequences, start, transmat, emission_t, groups=None, positions=None,

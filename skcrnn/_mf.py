@@ -164,6 +164,16 @@ class MatrixFactorizationRecommender(BaseRecommender):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
+    # the normalizers are saved, not recomputed: a matrix product may round
+    # differently on another machine
+    _saved_attributes = {
+        "n_calibration_events_": int, "score_weight_": float,
+        "popularity_weight_": float, "_uniform_logit": float,
+        "uniform_share_": float, "calibration_log_likelihood_": float,
+        "item_counts_": ("n_items",), "user_factors_": ("n_users", "factors"),
+        "item_factors_": ("n_items", "factors"), "_popularity": ("n_items",),
+        "_log_norm": ("n_users",), "_stranger_log_norm": float,
+    }
 
     def __init__(self, n_factors=32, *, algorithm="als", regularization=0.01,
                  alpha=40.0, n_iterations=15, learning_rate=0.01,
@@ -223,7 +233,8 @@ class MatrixFactorizationRecommender(BaseRecommender):
         self._log_norm = _log_normalizers(
             self.user_factors_, self.item_factors_, self._popularity,
             self.score_weight_, self.popularity_weight_)
-        self._stranger_log_norm = logsumexp(self.popularity_weight_ * self._popularity)
+        self._stranger_log_norm = float(
+            logsumexp(self.popularity_weight_ * self._popularity))
 
     def _count_matrix(self, users, items):
         matrix = sp.csr_matrix(

@@ -1,16 +1,14 @@
-"""CollaborativeGRURecommender: save/load, pickling, and the persistence helpers."""
+"""CollaborativeGRURecommender: what save/load and pickling add for tensors
+on devices. The checks every estimator shares are in test_persistence.py."""
 
 import pickle
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from skcrnn import CollaborativeGRURecommender
-from skcrnn._events import Sequences
-from skcrnn._persistence import (labels_from_plain, labels_to_plain,
-                                 sequences_from_tensors, sequences_to_tensors)
+from skcrnn import _persistence
 
 from .conftest import TINY_RNN as TINY, random_events
 
@@ -29,91 +27,81 @@ def fitted(split):
     return CollaborativeGRURecommender(**TINY).fit(split[0])
 
 
-@pytest.mark.parametrize("labels", [
-    np.array([3, 1, 7], dtype=np.int32), np.array([0.5, 2.0]),
-    np.array([True, False]), np.array(["a", "bc"]),
-    np.array(["x", "yz"], dtype=object), np.array([1, "a", 2.5], dtype=object),
-    np.array([np.int64(4), "b"], dtype=object)])
-def test_labels_round_trip(labels):
-    rebuilt = labels_from_plain(labels_to_plain(labels))
-    assert rebuilt.dtype == labels.dtype
-    assert list(rebuilt) == list(labels)
-    assert pd.Index(rebuilt).get_indexer(labels).tolist() == list(range(len(labels)))
-
-
-def test_unsavable_labels():
-    from decimal import Decimal
-    with pytest.raises(ValueError, match="Decimal"):
-        labels_to_plain(np.array([Decimal(1)], dtype=object))
-
-
-def test_sequences_round_trip():
-    sequences = Sequences(np.array([0, -1]), np.array([0, 2, 3]), np.array([4, 5, 6]))
-    rebuilt = sequences_from_tensors(sequences_to_tensors(sequences))
-    for name in ("user_codes", "indptr", "items"):
-        np.testing.assert_array_equal(getattr(rebuilt, name), getattr(sequences, name))
-
-
-def test_save_load_round_trip(fitted, split, tmp_path):
-    path = tmp_path / "model.pt"
-    fitted.save(path)
-    loaded = CollaborativeGRURecommender.load(path)
-    assert loaded.get_params() == fitted.get_params()
-    assert loaded.classes_.dtype == fitted.classes_.dtype
-    assert list(loaded.classes_) == list(fitted.classes_)
-    assert loaded.users_.dtype == fitted.users_.dtype
+def test_load_puts_the_network_on_the_requested_device(fitted, split, tmp_path):
+    fitted.save(tmp_path / "model.pt")
+    loaded = CollaborativeGRURecommender.load(tmp_path / "model.pt", device="cpu")
+    assert loaded.device_ == "cpu"
+    assert loaded.network_.item_input.device.type == "cpu"
+    assert loaded.final_states_.device.type == "cpu"
+    assert not any(p.requires_grad for p in loaded.network_.parameters())
     np.testing.assert_array_equal(loaded.score_samples(split[1]),
                                   fitted.score_samples(split[1]))
-    pd.testing.assert_frame_equal(loaded.recommend(fitted.users_[:2], k=3),
-                                  fitted.recommend(fitted.users_[:2], k=3))
-    assert loaded.history_ == fitted.history_
-    assert loaded.best_epoch_ == fitted.best_epoch_
-    record = torch.load(path, weights_only=True)
-    assert record["format"] == "skcrnn-model" and record["format_version"] == 1
 
 
-def test_load_rejects_foreign_and_damaged_files(fitted, tmp_path):
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a model at all")
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"weights": torch.zeros(3)}, foreign)
-    pickled = tmp_path / "pickled.pt"
-    pickled.write_bytes(pickle.dumps(fitted))
-    for path in (garbage, foreign, pickled):
-        with pytest.raises(ValueError, match="not a skcrnn model file"):
-            CollaborativeGRURecommender.load(path)
-    good = tmp_path / "good.pt"
-    fitted.save(good)
-    record = torch.load(good, weights_only=True)
-    newer = tmp_path / "newer.pt"
-    torch.save({**record, "format_version": 99}, newer)
-    with pytest.raises(ValueError, match="format version 99"):
-        CollaborativeGRURecommender.load(newer)
-    other = tmp_path / "other.pt"
-    torch.save({**record, "estimator": "HMMRecommender"}, other)
-    with pytest.raises(ValueError, match="HMMRecommender"):
-        CollaborativeGRURecommender.load(other)
-    damaged = tmp_path / "damaged.pt"
-    torch.save({k: v for k, v in record.items() if k != "network_state"}, damaged)
-    with pytest.raises(ValueError, match="damaged"):
-        CollaborativeGRURecommender.load(damaged)
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(ValueError, match="not a skcrnn model file"):
-        CollaborativeGRURecommender.load(truncated)
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "device='tpu' is not"), ("gpu7", "device='gpu7' is not a device name"),
+    ("cuda:7", "device='cuda:7' but")])
+def test_bad_device_is_the_callers_error_not_a_damaged_file(fitted, tmp_path,
+                                                             device, message):
+    fitted.save(tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=message) as error:
+        CollaborativeGRURecommender.load(tmp_path / "model.pt", device=device)
+    assert "damaged" not in str(error.value)
 
 
-def test_save_before_fit_raises(tmp_path):
-    from sklearn.exceptions import NotFittedError
-    with pytest.raises(NotFittedError):
-        CollaborativeGRURecommender().save(tmp_path / "model.pt")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_model_file_loads_on_cpu_only_machine(fitted, split, tmp_path):
+    """A file of a model trained with device='cuda' (its tensors are saved on
+    the CPU) loads on the CPU here, without a device argument."""
+    fitted.save(tmp_path / "model.pt")
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    _persistence.write(tmp_path / "gpu.pt", record["estimator"], {
+        **{k: v for k, v in record.items() if k not in (
+            "format", "format_version", "estimator", "checksum")},
+        "params": {**record["params"], "device": "cuda"}})
+    loaded = CollaborativeGRURecommender.load(tmp_path / "gpu.pt")
+    assert loaded.device == "cuda" and loaded.device_ == "cpu"
+    np.testing.assert_array_equal(loaded.score_samples(split[1]),
+                                  fitted.score_samples(split[1]))
 
 
-def test_random_state_instance_is_saved_as_none(split, tmp_path):
-    model = CollaborativeGRURecommender(**{**TINY, "random_state":
-                                           np.random.RandomState(0)}).fit(split[0])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_model_round_trip(split, tmp_path):
+    model = CollaborativeGRURecommender(**{**TINY, "device": "cuda"}).fit(split[0])
     model.save(tmp_path / "model.pt")
-    assert CollaborativeGRURecommender.load(tmp_path / "model.pt").random_state is None
+    on_gpu = CollaborativeGRURecommender.load(tmp_path / "model.pt")
+    assert on_gpu.device_.startswith("cuda")
+    np.testing.assert_array_equal(on_gpu.score_samples(split[1]),
+                                  model.score_samples(split[1]))
+    on_cpu = CollaborativeGRURecommender.load(tmp_path / "model.pt", device="cpu")
+    np.testing.assert_allclose(on_cpu.score_samples(split[1]),
+                               model.score_samples(split[1]), rtol=1e-10)
+
+
+def test_missing_network_is_a_damaged_file(fitted, tmp_path):
+    fitted.save(tmp_path / "model.pt")
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    _persistence.write(tmp_path / "damaged.pt", record["estimator"], {
+        k: v for k, v in record.items() if k not in (
+            "format", "format_version", "estimator", "checksum", "network_state")})
+    with pytest.raises(ValueError, match="damaged skcrnn model file: KeyError: "
+                                         "'network_state'"):
+        CollaborativeGRURecommender.load(tmp_path / "damaged.pt")
+
+
+def test_weights_of_another_size_are_a_damaged_file(fitted, tmp_path):
+    fitted.save(tmp_path / "model.pt")
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    state = dict(record["network_state"])
+    state["item_input"] = torch.zeros(state["item_input"].shape[0] + 1,
+                                      state["item_input"].shape[1])
+    _persistence.write(tmp_path / "damaged.pt", record["estimator"], {
+        **{k: v for k, v in record.items() if k not in (
+            "format", "format_version", "estimator", "checksum")},
+        "network_state": state})
+    with pytest.raises(ValueError, match="damaged skcrnn model file: RuntimeError"):
+        CollaborativeGRURecommender.load(tmp_path / "damaged.pt")
 
 
 def test_pickle_keeps_scores_and_moves_tensors_to_cpu(fitted, split):
@@ -134,3 +122,11 @@ def test_cuda_pickle_unpickles_on_cpu_only_machine(fitted, split):
     assert restored.device_ == "cpu"
     np.testing.assert_array_equal(restored.score_samples(split[1]),
                                   fitted.score_samples(split[1]))
+
+
+def test_checkpoint_dir_path_is_saved_as_a_string(split, tmp_path):
+    directory = tmp_path / "checkpoints"
+    model = CollaborativeGRURecommender(**TINY, checkpoint_dir=directory)
+    model.fit(split[0]).save(tmp_path / "model.pt")
+    loaded = CollaborativeGRURecommender.load(tmp_path / "model.pt")
+    assert loaded.checkpoint_dir == str(directory)

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from .. import _persistence
@@ -366,23 +365,39 @@ class CollaborativeGRURecommender(BaseRecommender):
                                      dtype=_INFERENCE_DTYPE)
 
     # --------------------------------------------------------- persistence
-    def save(self, path):
-        """Write the fitted model to one file.
-
-        The file is written with ``torch.save`` and holds only plain values
-        and tensors, so ``torch.load(path, weights_only=True)`` reads it. A
-        ``random_state`` given as a generator object is saved as ``None``.
+    @classmethod
+    def load(cls, path, device=None):
+        """Read a model written by :meth:`save`.
 
         Parameters
         ----------
         path : str or path-like
+            A file written by ``save`` of this class.
+        device : str, optional
+            Where to put the network. By default the model's ``device``
+            parameter when this machine has it, else the CPU (so a model
+            trained on a GPU loads on a CPU-only machine).
+
+        Returns
+        -------
+        model : CollaborativeGRURecommender
+            The fitted model.
+
+        Raises
+        ------
+        ValueError
+            If ``device`` names no device of this machine, or the file is not
+            a skcrnn model file, is damaged or truncated, was written by a
+            newer version of skcrnn, or holds another estimator class.
+        FileNotFoundError
+            If there is no file at ``path``.
         """
-        check_is_fitted(self)
-        payload = {
-            "params": _persistence.plain_params(self.get_params(deep=False)),
-            "classes": _persistence.labels_to_plain(self.classes_),
-            "users": _persistence.labels_to_plain(self.users_),
-            "fit_sequences": _persistence.sequences_to_tensors(self._history),
+        if device is not None:
+            resolve_device(device)  # the caller's mistake, not a damaged file
+        return super().load(path, device=device)
+
+    def _fitted_state(self):
+        return {
             "network_config": self.network_.config,
             "network_state": {name: tensor.detach().cpu() for name, tensor
                               in self.network_.state_dict().items()},
@@ -392,57 +407,24 @@ class CollaborativeGRURecommender(BaseRecommender):
                               [dict(entry) for entry in self.refit_history_]),
             "best_epoch": self.best_epoch_,
         }
-        _persistence.write(path, type(self).__name__, payload)
 
-    @classmethod
-    def load(cls, path, device=None):
-        """Read a model written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or path-like
-        device : str, optional
-            Where to put the network. By default the model's ``device``
-            parameter when this machine has it, else the CPU (so a model
-            trained on a GPU loads on a CPU-only machine).
-
-        Returns
-        -------
-        CollaborativeGRURecommender
-
-        Raises
-        ------
-        ValueError
-            If the file is not a model file of this class, or is damaged.
-        """
-        record = _persistence.read(path, cls.__name__, map_location="cpu")
-        try:
-            model = cls(**record["params"])
-            target = (resolve_device(device) if device is not None
-                      else _usable_device(model.device))
-            model.classes_ = _persistence.labels_from_plain(record["classes"])
-            model.users_ = _persistence.labels_from_plain(record["users"])
-            model.n_items_, model.n_users_ = len(model.classes_), len(model.users_)
-            model._history = _persistence.sequences_from_tensors(
-                record["fit_sequences"])
-            network = _rebuild_network(record["network_config"],
-                                       record["network_state"], target)
-            model.network_ = network
-            model.final_states_ = record["final_states"].to(target)
-            model.device_ = str(target)
-            model.history_ = [dict(entry) for entry in record["history"]]
-            model.refit_history_ = (None if record["refit_history"] is None else
-                                    [dict(entry) for entry in record["refit_history"]])
-            model.best_epoch_ = record["best_epoch"]
-            model.n_iter_ = len(model.history_)
-        except (KeyError, TypeError, RuntimeError) as error:
-            raise ValueError(f"{path!s} is a damaged skcrnn model file: "
-                             f"{type(error).__name__}: {error}") from error
-        if (model.final_states_.shape != (model.n_users_, network.hidden_size)
-                or network.item_input.shape[0] != model.n_items_):
-            raise ValueError(f"{path!s} is a damaged skcrnn model file: its "
-                             f"tensors do not match its vocabularies.")
-        return model
+    def _restore_fitted_state(self, record, device):
+        target = (resolve_device(device) if device is not None
+                  else _usable_device(self.device))
+        network = _rebuild_network(record["network_config"],
+                                   record["network_state"], target)
+        final_states = record["final_states"].to(target)
+        if (final_states.shape != (self.n_users_, network.hidden_size)
+                or network.item_input.shape[0] != self.n_items_):
+            raise ValueError("its tensors do not match its vocabularies")
+        self.network_ = network
+        self.final_states_ = final_states
+        self.device_ = str(target)
+        self.history_ = [dict(entry) for entry in record["history"]]
+        self.refit_history_ = (None if record["refit_history"] is None else
+                               [dict(entry) for entry in record["refit_history"]])
+        self.best_epoch_ = record["best_epoch"]
+        self.n_iter_ = len(self.history_)
 
     def __getstate__(self):
         state = super().__getstate__()
