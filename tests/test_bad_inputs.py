@@ -2,8 +2,10 @@
 names the problem, and the caller's DataFrame is never modified.
 
 Cases are ``(id, call, exception, message regex)`` where ``call`` receives a
-fresh copy of a small valid events frame and a fitted model; the frame passed
-in is compared with an untouched copy afterwards.
+fresh copy of a small valid events frame; the exception must be of exactly
+that type (scikit-learn's parameter validation raises
+``InvalidParameterError``, a ``ValueError``), and the frame passed in is
+compared with an untouched copy afterwards.
 """
 
 import warnings
@@ -11,15 +13,17 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.utils._param_validation import InvalidParameterError
 
 import skcrnn._base as base_module
-from skcrnn import (BigramRecommender, PersonalUnigramRecommender,
-                    UniformRecommender, UnigramRecommender)
+from skcrnn import (BigramRecommender, CollaborativeGRURecommender,
+                    PersonalUnigramRecommender, UniformRecommender,
+                    UnigramRecommender)
 from skcrnn.metrics import entropy_bins, recall_at_k
 from skcrnn.model_selection import (EventFilter, UserSuffixSplit,
                                     preprocess_like_paper, suffix_split)
 
-from .conftest import random_events
+from .conftest import TINY_RNN, random_events
 from .estimators import ALL_ESTIMATORS
 
 
@@ -33,6 +37,11 @@ def _set(frame, column, index, value):
 
 def fit(frame, model=None):
     return (model or UnigramRecommender()).fit(frame)
+
+
+def rnn(**params):
+    """A tiny recurrent model with ``params`` changed."""
+    return CollaborativeGRURecommender(**{**TINY_RNN, **params})
 
 
 def mixed_timezones(frame):
@@ -122,27 +131,52 @@ FRAME_CASES = [
     ("recommend-2d-users", lambda e: fit(e).recommend([[100, 101]], k=2), ValueError,
      "one-dimensional"),
     ("unigram-negative-alpha", lambda e: fit(e, UnigramRecommender(alpha=-1)),
-     ValueError, "'alpha' parameter of UnigramRecommender must be"),
-    ("bigram-zero-alpha", lambda e: fit(e, BigramRecommender(alpha=0)), ValueError,
-     "'alpha' parameter of BigramRecommender must be"),
+     InvalidParameterError, "'alpha' parameter of UnigramRecommender must be"),
+    ("bigram-zero-alpha", lambda e: fit(e, BigramRecommender(alpha=0)),
+     InvalidParameterError, "'alpha' parameter of BigramRecommender must be"),
     ("personal-string-beta", lambda e: fit(e, PersonalUnigramRecommender(beta="big")),
-     ValueError, "'beta' parameter of PersonalUnigramRecommender must be"),
+     InvalidParameterError, "'beta' parameter of PersonalUnigramRecommender must be"),
+    ("rnn-zero-hidden-size", lambda e: fit(e, rnn(hidden_size=0)),
+     InvalidParameterError, "'hidden_size' parameter of CollaborativeGRURecommender "
+     r"must be an int in the range \[1, inf\)"),
+    ("rnn-float-hidden-size", lambda e: fit(e, rnn(hidden_size=2.5)),
+     InvalidParameterError, "'hidden_size' parameter .* Got 2.5"),
+    ("rnn-negative-learning-rate", lambda e: fit(e, rnn(learning_rate=-0.1)),
+     InvalidParameterError, r"'learning_rate' parameter .* range \(0.0, inf\)"),
+    ("rnn-zero-learning-rate", lambda e: fit(e, rnn(learning_rate=0)),
+     InvalidParameterError, "'learning_rate' parameter .* Got 0 instead"),
+    ("rnn-zero-chunk-size", lambda e: fit(e, rnn(chunk_size=0)),
+     InvalidParameterError, "'chunk_size' parameter of CollaborativeGRURecommender"),
+    ("rnn-device-gpu7", lambda e: fit(e, rnn(device="gpu7")), ValueError,
+     "device='gpu7' is not a device name; use 'auto', 'cpu', 'cuda'"),
+    ("rnn-device-tpu", lambda e: fit(e, rnn(device="tpu")), ValueError,
+     "device='tpu' is not a device name"),
+    ("rnn-device-missing-gpu", lambda e: fit(e, rnn(device="cuda:7")), ValueError,
+     "device='cuda:7' but (CUDA is not available|this machine has)"),
+    ("rnn-device-not-a-string", lambda e: fit(e, rnn(device=3)),
+     InvalidParameterError, "'device' parameter .* instance of 'str'"),
+    ("rnn-cell-lstm", lambda e: fit(e, rnn(cell="lstm")), InvalidParameterError,
+     "'cell' parameter of CollaborativeGRURecommender must be a str among"),
+    ("rnn-recurrent-weights", lambda e: fit(e, rnn(recurrent_weights="per_item")),
+     InvalidParameterError, "'recurrent_weights' parameter .* Got 'per_item'"),
+    ("rnn-recurrent-weights-none", lambda e: fit(e, rnn(recurrent_weights=None)),
+     InvalidParameterError, "'recurrent_weights' parameter .* Got None"),
     ("bad-handle-unknown", lambda e: fit(e, UniformRecommender(handle_unknown="skip")),
-     ValueError, "'handle_unknown' parameter"),
+     InvalidParameterError, "'handle_unknown' parameter"),
     ("filter-negative-count", lambda e: EventFilter(min_item_count=-1).fit(e),
-     ValueError, "'min_item_count' parameter of EventFilter"),
+     InvalidParameterError, "'min_item_count' parameter of EventFilter"),
     ("filter-transform-list", lambda e: EventFilter(1, 1).fit(e).transform([1, 2]),
      TypeError, "must be a pandas DataFrame"),
-    ("split-test-size-zero", lambda e: suffix_split(e, test_size=0), ValueError,
-     "'test_size' parameter of suffix_split"),
+    ("split-test-size-zero", lambda e: suffix_split(e, test_size=0),
+     InvalidParameterError, "'test_size' parameter of suffix_split"),
     ("split-bounds-crossed", lambda e: suffix_split(e, min_test=9, max_test=2),
      ValueError, r"min_test \(9\) must not exceed max_test \(2\)"),
-    ("split-array-input", lambda e: suffix_split(e.to_numpy()), ValueError,
-     "'X' parameter of suffix_split must be an instance of"),
+    ("split-array-input", lambda e: suffix_split(e.to_numpy()),
+     InvalidParameterError, "'X' parameter of suffix_split must be an instance of"),
     ("cv-zero-splits", lambda e: next(UserSuffixSplit(n_splits=0).split(e)), ValueError,
      "n_splits must be a positive integer"),
-    ("paper-unknown-dataset", lambda e: preprocess_like_paper(e, "gowalla"), ValueError,
-     "'dataset' parameter of preprocess_like_paper"),
+    ("paper-unknown-dataset", lambda e: preprocess_like_paper(e, "gowalla"),
+     InvalidParameterError, "'dataset' parameter of preprocess_like_paper"),
     ("paper-nothing-passes", lambda e: preprocess_like_paper(e, "brightkite"),
      ValueError, "No event passes the paper's filters"),
     ("bins-more-than-users", lambda e: entropy_bins(e, n_bins=50), ValueError,
@@ -165,8 +199,9 @@ def _quiet(call):
 def test_bad_input_is_rejected_clearly(case, call, error, message):
     events = random_events()
     untouched = events.copy()
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as raised:
         call(events)
+    assert type(raised.value) is error
     pd.testing.assert_frame_equal(events, untouched)
 
 
