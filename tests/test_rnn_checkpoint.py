@@ -24,7 +24,8 @@ from .conftest import TINY_RNN as TINY, random_events
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-#: Early stopping after 6 of 8 epochs (best epoch 4), then a 4-epoch refit.
+#: Early stopping before the 8th epoch, then a refit of 3 epochs or more (6 of
+#: 8 epochs, then 4, on the generated events below).
 PARAMS = {**TINY, "max_epochs": 8, "n_iter_no_change": 2, "validation_fraction": 0.25}
 EVENTS = dict(n_users=6, n_items=12, n_events=240, random_state=0)
 
@@ -99,8 +100,9 @@ def reference(events):
         CollaborativeGRURecommender(**{**PARAMS, "refit": False}).fit(events)
         phase1 = counter["chunks"]
         model = CollaborativeGRURecommender(**PARAMS).fit(events)
-    assert model.n_iter_ == 6 < PARAMS["max_epochs"] and model.best_epoch_ == 4
-    return model, {"phase1": phase1, "total": counter["chunks"] - phase1}
+    assert model.n_iter_ < PARAMS["max_epochs"] and model.best_epoch_ >= 3
+    refit = counter["chunks"] - 2 * phase1
+    return model, {"phase1": phase1, "refit_epoch": refit // model.best_epoch_}
 
 
 # ------------------------------------------------------------- resuming
@@ -135,26 +137,29 @@ def test_fit_interrupted_in_the_refit_resumes(events, reference, tmp_path,
     reference, chunks = reference
     interrupt_at = chunks["phase1"] + 1
     if where == "epoch 3 of the refit":
-        interrupt_at += 2 * (chunks["total"] - chunks["phase1"]) // 4
+        interrupt_at += 2 * chunks["refit_epoch"]
     params = {**PARAMS, "checkpoint_dir": tmp_path}
     count_chunks(monkeypatch, interrupt_at=interrupt_at)
     with pytest.raises(Interrupted):
         CollaborativeGRURecommender(**params).fit(events)
     saved = read_checkpoint(tmp_path)
+    training_state = saved["training"]
     if where == "first chunk of the refit":
         # phase 1's last checkpoint: early stopping had ended it
-        assert (saved["phase"], saved["training"]["epoch"]) == (1, 6)
-        assert saved["training"]["stopped"] and saved["training"]["best_epoch"] == 4
+        assert (saved["phase"], training_state["epoch"]) == (1, reference.n_iter_)
+        assert training_state["stopped"]
+        assert training_state["best_epoch"] == reference.best_epoch_
+        skipped = chunks["phase1"]
     else:
-        assert (saved["phase"], saved["training"]["epoch"]) == (2, 2)
-        assert saved["first_best_epoch"] == 4 and len(saved["first_history"]) == 6
+        assert (saved["phase"], training_state["epoch"]) == (2, 2)
+        assert saved["first_best_epoch"] == reference.best_epoch_
+        assert len(saved["first_history"]) == reference.n_iter_
+        skipped = chunks["phase1"] + 2 * chunks["refit_epoch"]
 
     counter = count_chunks(monkeypatch)
     resumed = CollaborativeGRURecommender(**params).fit(events)
-    skipped = chunks["phase1"] + (0 if saved["phase"] == 1 else
-                                  saved["training"]["epoch"] * (chunks["total"]
-                                                                - chunks["phase1"]) // 4)
-    assert counter["chunks"] == chunks["total"] - skipped
+    assert counter["chunks"] == chunks["phase1"] + reference.best_epoch_ * chunks[
+        "refit_epoch"] - skipped
     assert_same_fit(resumed, reference, events)
 
 
@@ -172,7 +177,8 @@ def test_fit_killed_after_training_resumes_from_its_last_checkpoint(
         patch.setattr(Checkpoint, "remove", dies)
         with pytest.raises(Interrupted):
             CollaborativeGRURecommender(**params).fit(events)
-    assert read_checkpoint(tmp_path)["training"]["epoch"] == 4
+    saved = read_checkpoint(tmp_path)
+    assert (saved["phase"], saved["training"]["epoch"]) == (2, reference.best_epoch_)
     counter = count_chunks(monkeypatch)
     resumed = CollaborativeGRURecommender(**params).fit(events)
     assert counter["chunks"] == 0
