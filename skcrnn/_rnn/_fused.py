@@ -104,23 +104,24 @@ class _ChunkRecurrence(torch.autograd.Function):
         size = start.shape[1]
         hidden = start.unsqueeze(1)
         states = [hidden]
+        # views made once per chunk: slicing inside the loop costs a call per step
         if cell == "tanh":
-            for t in range(n_steps):
-                hidden = torch.tanh(_baddbmm(inputs[:, t:t + 1], hidden, weights))
+            for step_inputs in inputs.split(1, dim=1)[:n_steps]:
+                hidden = torch.tanh(_baddbmm(step_inputs, hidden, weights))
                 states.append(hidden)
         else:
             activation = torch.sigmoid if candidate == "sigmoid" else torch.tanh
             gate_weights = weights[..., :2 * size].contiguous()
             candidate_weights = weights[..., 2 * size:].contiguous()
-            gate_inputs = inputs[..., :2 * size]
-            candidate_inputs = inputs[..., 2 * size:]
+            gate_inputs = inputs[..., :2 * size].split(1, dim=1)
+            candidate_inputs = inputs[..., 2 * size:].split(1, dim=1)
             gates, candidates = [], []
             for t in range(n_steps):
-                gate = torch.sigmoid(
-                    _baddbmm(gate_inputs[:, t:t + 1], hidden, gate_weights))
-                new = activation(_baddbmm(candidate_inputs[:, t:t + 1],
-                                          gate[..., size:] * hidden, candidate_weights))
-                hidden = torch.lerp(hidden, new, gate[..., :size])
+                gate = torch.sigmoid(_baddbmm(gate_inputs[t], hidden, gate_weights))
+                update, reset = gate.split(size, dim=2)
+                new = activation(_baddbmm(candidate_inputs[t], reset * hidden,
+                                          candidate_weights))
+                hidden = torch.lerp(hidden, new, update)
                 gates.append(gate)
                 candidates.append(new)
                 states.append(hidden)
@@ -143,60 +144,74 @@ class _ChunkRecurrence(torch.autograd.Function):
     def backward(ctx, grad_states, grad_final):
         cell, n_steps, n_columns, width, shared = ctx.config
         weights, *saved = ctx.saved_tensors
-        n_rows = weights.shape[0] if not shared else (
-            grad_states.shape[0] if grad_states is not None else grad_final.shape[0])
         size = weights.shape[-2]
+        n_rows = (grad_states if grad_states is not None else grad_final).shape[0]
         if grad_states is None:
             grad_states = weights.new_zeros(n_rows, n_columns, size)
         grad = (weights.new_zeros(n_rows, 1, size) if grad_final is None
                 else grad_final.unsqueeze(1))
         if n_steps < n_columns:
             grad = grad + grad_states[:, n_steps:n_steps + 1]
-        grad_inputs = weights.new_zeros(n_rows, n_columns, width)
         if n_steps == 0:  # a one-item last chunk: its item is predicted, not read
-            return grad.squeeze(1), grad_inputs, torch.zeros_like(weights), \
-                None, None, None
+            return (grad.squeeze(1), weights.new_zeros(n_rows, n_columns, width),
+                    torch.zeros_like(weights), None, None, None)
+        grad_after = grad_states.split(1, dim=1)
         if cell == "tanh":
             before, derivative = saved
+            grad_pre = torch.empty_like(before)
+            pre_steps, derivative = grad_pre.split(1, dim=1), derivative.split(1, dim=1)
+            weights_t = weights.transpose(-1, -2)
             for t in range(n_steps - 1, -1, -1):
-                pre = torch.mul(grad, derivative[:, t:t + 1],
-                                out=grad_inputs[:, t:t + 1])
-                grad = _baddbmm(grad_states[:, t:t + 1], pre, weights.transpose(-1, -2))
-            grad_weights = _outer_sum(before, grad_inputs[:, :n_steps], shared)
-            return grad.squeeze(1), grad_inputs, grad_weights, None, None, None
+                pre = torch.mul(grad, derivative[t], out=pre_steps[t])
+                grad = _baddbmm(grad_after[t], pre, weights_t)
+            grad_weights = _outer_sum(before, grad_pre, shared)
+            return (grad.squeeze(1), _pad_steps(grad_pre, n_columns), grad_weights,
+                    None, None, None)
 
         before, gates, candidates, gate_weights, candidate_weights = saved
-        update, reset = gates[..., :size], gates[..., size:]
+        update, reset = gates.split(size, dim=2)
         gate_derivative = gates * (1 - gates)
-        # d h'/d z-preactivation = (c - h) z(1 - z); d r-preactivation picks up h r(1 - r)
-        update_factor = (candidates - before) * gate_derivative[..., :size]
-        reset_factor = before * gate_derivative[..., size:]
+        # per step: dz_pre = g (c - h) z(1 - z); dr_pre = (g_rh) h r(1 - r);
+        # dc_pre = g z c'(.); dh = g (1 - z) + g_rh r + dgates_pre @ R_gates^T
+        update_factor = ((candidates - before) * gate_derivative[..., :size]).split(1, 1)
+        reset_factor = (before * gate_derivative[..., size:]).split(1, 1)
         if ctx.candidate == "sigmoid":
             candidate_factor = candidates * (1 - candidates)
         else:
             candidate_factor = 1 - candidates * candidates
-        candidate_factor = candidate_factor * update  # dh'/dc = z
-        keep_factor = 1 - update
+        candidate_factor = (candidate_factor * update).split(1, 1)
+        keep_factor, reset_steps = (1 - update).split(1, 1), reset.split(1, 1)
+        grad_gates = torch.empty_like(gates)
+        grad_candidates = torch.empty_like(candidates)
+        gate_steps = grad_gates.split(1, dim=1)
+        update_steps = grad_gates[..., :size].split(1, dim=1)
+        reset_grad_steps = grad_gates[..., size:].split(1, dim=1)
+        candidate_steps = grad_candidates.split(1, dim=1)
         gate_weights_t = gate_weights.transpose(-1, -2)
         candidate_weights_t = candidate_weights.transpose(-1, -2)
         for t in range(n_steps - 1, -1, -1):
-            step = slice(t, t + 1)
-            grad_candidate = torch.mul(grad, candidate_factor[:, step],
-                                       out=grad_inputs[:, step, 2 * size:])
+            grad_candidate = torch.mul(grad, candidate_factor[t], out=candidate_steps[t])
             grad_reset_hidden = _bmm(grad_candidate, candidate_weights_t)
-            torch.mul(grad, update_factor[:, step], out=grad_inputs[:, step, :size])
-            grad_gate = grad_inputs[:, step, :2 * size]
-            torch.mul(grad_reset_hidden, reset_factor[:, step],
-                      out=grad_inputs[:, step, size:2 * size])
-            grad = torch.addcmul(grad_states[:, step], grad, keep_factor[:, step])
-            grad.addcmul_(grad_reset_hidden, reset[:, step])
-            grad = _baddbmm(grad, grad_gate, gate_weights_t)
-        reset_hidden = reset * before
-        grad_weights = torch.cat([
-            _outer_sum(before, grad_inputs[:, :n_steps, :2 * size], shared),
-            _outer_sum(reset_hidden, grad_inputs[:, :n_steps, 2 * size:], shared)],
-            dim=-1)
+            torch.mul(grad, update_factor[t], out=update_steps[t])
+            torch.mul(grad_reset_hidden, reset_factor[t], out=reset_grad_steps[t])
+            grad = torch.addcmul(grad_after[t], grad, keep_factor[t])
+            grad.addcmul_(grad_reset_hidden, reset_steps[t])
+            grad = _baddbmm(grad, gate_steps[t], gate_weights_t)
+        grad_weights = torch.cat([_outer_sum(before, grad_gates, shared),
+                                  _outer_sum(reset * before, grad_candidates, shared)],
+                                 dim=-1)
+        grad_inputs = _pad_steps(torch.cat([grad_gates, grad_candidates], dim=2),
+                                 n_columns)
         return grad.squeeze(1), grad_inputs, grad_weights, None, None, None
+
+
+def _pad_steps(grad_inputs, n_columns):
+    """Zero gradient for the input terms of items no step read (the last one)."""
+    missing = n_columns - grad_inputs.shape[1]
+    if missing == 0:
+        return grad_inputs
+    return torch.cat([grad_inputs, grad_inputs.new_zeros(
+        grad_inputs.shape[0], missing, grad_inputs.shape[2])], dim=1)
 
 
 # ----------------------------------------------------------- output layer
