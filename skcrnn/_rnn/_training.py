@@ -133,8 +133,7 @@ def chunk_losses(module, batch, chunk_size, initial_state, fused=None):
         active = int(np.searchsorted(descending, -start, side="left"))
         users = batch.users[:active]
         items = batch.items[:active, start:stop]
-        remaining = torch.as_tensor(batch.lengths[:active] - start, device=device)
-        real = torch.arange(stop - start, device=device)[None, :] < remaining[:, None]
+        real = _real_slots(batch.lengths[:active] - start, stop - start, device)
         if module.shared:
             user_weights = None
             weights = module.recurrent[0]
@@ -145,14 +144,27 @@ def chunk_losses(module, batch, chunk_size, initial_state, fused=None):
         n_steps = stop - start if stop < n_columns else stop - start - 1
         run = _fused_states if fused else _autograd_states
         states, hidden = run(module, hidden[:active].detach(), items, weights, n_steps)
-        states, targets = states[real], items[real]
+        states = states.flatten(0, 1).index_select(0, real)
+        targets = items.flatten().index_select(0, real)
         if fused:
             nll = summed_cross_entropy(states, module.output_weight,
                                        module.output_bias, targets)
         else:
             nll = F.cross_entropy(module.logits(states), targets, reduction="sum")
         loss = nll / (len(batch.lengths) * chunk_size)
-        yield Chunk(loss, nll.detach(), int(real.sum()), users, user_weights)
+        yield Chunk(loss, nll.detach(), len(real), users, user_weights)
+
+
+def _real_slots(remaining, width, device):
+    """Flat indices of the real (not padding) slots of a ``(rows, width)`` chunk.
+
+    Computed on the host from the known lengths, so that selecting them
+    needs no device-to-host synchronization (a boolean mask would).
+    """
+    counts = np.clip(remaining, 0, width)
+    offsets = np.repeat(np.arange(len(counts)) * width - np.cumsum(counts) + counts,
+                        counts)
+    return torch.as_tensor(offsets + np.arange(int(counts.sum())), device=device)
 
 
 def _fused_states(module, start, items, weights, n_steps):
