@@ -11,15 +11,17 @@ chunk and the full ``(events x items)`` cross-entropy of the output layer:
     once per chunk, as one batched product over all its steps, instead of
     one outer product per step.
 :func:`summed_cross_entropy`
-    computes ``sum_n -log softmax(h_n W^T + b)[y_n]`` and keeps the
-    probabilities it computed on the way, so that the backward pass is
-    ``(P - onehot(y))`` and three matrix products; there is no separate
-    log-softmax backward, nor a zero-filled ``(events x items)`` gradient.
+    computes ``sum_n -log softmax(h_n W^T + b)[y_n]`` a cache-sized block of
+    rows at a time and forms each block's gradient while its probabilities
+    are still in cache, as ``(P - onehot(y))`` and two matrix products: no
+    ``(events x items)`` tensor is ever held, there is no separate
+    log-softmax backward, nor a zero-filled gradient of that size.
 
 Both compute exactly what the autograd path of :mod:`._training` computes
 (they are tested against it and against a naive per-user loop); they are
 faster because a chunk costs a fixed handful of kernels per step instead of
-an autograd graph of a few dozen nodes per step.
+an autograd graph of a few dozen nodes per step, and because the output
+layer reads each probability from cache instead of memory.
 
 Shapes follow :mod:`._cells`: rows are users, states are ``(B, H)`` row
 vectors, recurrent matrices act from the right, ``(B, H, k*H)`` per user or
@@ -28,11 +30,8 @@ vectors, recurrent matrices act from the right, ``(B, H, k*H)`` per user or
 
 import torch
 
-#: Most probabilities (rows x items) the cross-entropy keeps from its forward
-#: pass for its backward pass; above this it recomputes them block by block.
-KEEP_CELLS = 2 ** 27
 #: About how many logits a block of rows holds (a few hundred KiB: cache-sized).
-BLOCK_CELLS = 2 ** 19
+BLOCK_CELLS = 2 ** 18
 
 
 # ------------------------------------------------------------- recurrence
@@ -215,12 +214,14 @@ def _pad_steps(grad_inputs, n_columns):
 
 
 # ----------------------------------------------------------- output layer
-def summed_cross_entropy(hidden, weight, bias, targets, keep_cells=KEEP_CELLS,
-                         block_cells=BLOCK_CELLS):
+def summed_cross_entropy(hidden, weight, bias, targets, block_cells=BLOCK_CELLS):
     """``sum_n -log softmax(hidden_n @ weight.T + bias)[targets_n]``.
 
     The logits are computed a block of rows at a time, small enough to stay
-    in the processor's cache while the softmax reads them back.
+    in the processor's cache, and each block's gradient is formed right
+    away from its probabilities (``p - onehot(y)`` times the block's rows):
+    the ``(N x V)`` logits never exist at once, nothing of that size is kept
+    for the backward pass, and the backward pass only scales the gradients.
 
     Parameters
     ----------
@@ -228,9 +229,6 @@ def summed_cross_entropy(hidden, weight, bias, targets, keep_cells=KEEP_CELLS,
     weight : Tensor of shape (V, H)
     bias : Tensor of shape (V,)
     targets : LongTensor of shape (N,)
-    keep_cells : int
-        Keep the probabilities for the backward pass when ``N * V`` is at
-        most this; recompute them block by block otherwise.
     block_cells : int
         About how many logits a block holds (at least 16 rows).
 
@@ -239,68 +237,48 @@ def summed_cross_entropy(hidden, weight, bias, targets, keep_cells=KEEP_CELLS,
     Tensor
         A scalar.
     """
-    return _SummedCrossEntropy.apply(hidden, weight, bias, targets, keep_cells,
-                                     block_cells)
+    return _SummedCrossEntropy.apply(hidden, weight, bias, targets, block_cells)
 
 
 def _block_rows(n_rows, n_items, block_cells):
     return max(16, min(n_rows, block_cells // max(n_items, 1)))
 
 
-def _softmax_block(hidden, weight, bias, targets):
-    """Probabilities of a block of rows and the rows' summed cross-entropy.
-
-    The cross-entropy is ``max_logit - log(max_proba) - target_logit``
-    (``log_sum_exp = max_logit - log(max_proba)``): exact without a second
-    pass of exponentials, and ``max_proba >= 1 / V`` never underflows.
-    """
-    logits = torch.addmm(bias, hidden, weight.T)
-    target_logits = logits.gather(1, targets[:, None])
-    max_logits = logits.amax(dim=1, keepdim=True)
-    proba = torch.softmax(logits, dim=1)
-    del logits
-    log_normalizers = max_logits - proba.amax(dim=1, keepdim=True).log()
-    return proba, (log_normalizers - target_logits).sum()
-
-
 class _SummedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, keep_cells, block_cells):
-        n_rows, n_items = hidden.shape[0], weight.shape[0]
-        rows = _block_rows(n_rows, n_items, block_cells)
-        keep = n_rows * n_items <= keep_cells
+    def forward(ctx, hidden, weight, bias, targets, block_cells):
+        n_rows = hidden.shape[0]
+        rows = _block_rows(n_rows, weight.shape[0], block_cells)
+        gradients = any(ctx.needs_input_grad[:3])
+        if gradients:
+            grad_hidden = torch.empty_like(hidden)
+            grad_weight = torch.zeros_like(weight)
+            grad_bias = torch.zeros_like(bias)
         total = hidden.new_zeros(())
-        kept = []
         for begin in range(0, n_rows, rows):
-            proba, nll = _softmax_block(hidden[begin:begin + rows], weight, bias,
-                                        targets[begin:begin + rows])
-            total = total + nll
-            if keep:
-                kept.append(proba)
-        ctx.save_for_backward(hidden, weight, bias, targets)
-        ctx.kept, ctx.rows = kept, rows
+            block, block_targets = hidden[begin:begin + rows], targets[begin:begin + rows]
+            logits = torch.addmm(bias, block, weight.T)
+            target_logits = logits.gather(1, block_targets[:, None])
+            max_logits = logits.amax(dim=1, keepdim=True)
+            proba = torch.softmax(logits, dim=1)
+            del logits
+            # log_sum_exp = max_logit - log(max_proba): exact without a second
+            # pass of exponentials, and max_proba >= 1/V never underflows
+            log_normalizers = max_logits - proba.amax(dim=1, keepdim=True).log()
+            total = total + (log_normalizers - target_logits).sum()
+            if gradients:  # d(-log p_y)/d(logits) = p - onehot(y)
+                proba.scatter_add_(1, block_targets[:, None],
+                                   proba.new_full((len(block), 1), -1.0))
+                torch.mm(proba, weight, out=grad_hidden[begin:begin + rows])
+                grad_weight.addmm_(proba.T, block)
+                grad_bias.add_(proba.sum(dim=0))
+        if gradients:
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        hidden, weight, bias, targets = ctx.saved_tensors
-        rows = ctx.rows
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight)
-        grad_bias = torch.zeros_like(bias)
-        for index, begin in enumerate(range(0, hidden.shape[0], rows)):
-            block, block_targets = hidden[begin:begin + rows], targets[begin:begin + rows]
-            if ctx.kept:
-                proba = ctx.kept[index]
-            else:
-                proba, _ = _softmax_block(block, weight, bias, block_targets)
-            # d(-log p_y)/d(logits) = p - onehot(y)
-            proba.scatter_add_(1, block_targets[:, None],
-                               proba.new_full((len(block), 1), -1.0))
-            torch.mm(proba, weight, out=grad_hidden[begin:begin + rows])
-            grad_weight.addmm_(proba.T, block)
-            grad_bias.add_(proba.sum(dim=0))
-        ctx.kept = None
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         return (grad_hidden * grad_total, grad_weight * grad_total,
-                grad_bias * grad_total, None, None, None)
+                grad_bias * grad_total, None, None)

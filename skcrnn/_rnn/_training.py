@@ -292,7 +292,11 @@ class Optimizer:
         mean_square = read(state["mean_square"])
         if self.name == "rmsprop":
             mean_square.mul_(self.rho).addcmul_(grad, grad, value=1 - self.rho)
-            update = grad / (mean_square + self.epsilon).sqrt()
+            denominator = mean_square.add(self.epsilon).sqrt_()
+            if rows is None:  # one fused pass over the parameter
+                param.addcdiv_(grad, denominator, value=-self.learning_rate)
+                return
+            update = grad / denominator
         else:
             beta1, beta2 = self._ADAM_BETAS
             mean = read(state["mean"]).mul_(beta1).add_(grad, alpha=1 - beta1)
