@@ -58,7 +58,7 @@ def write_table(frame, out_dir, name, index=False):
 
 def plot_error_by_bin(table, path, title):
     """Grouped bars: error of each model in each entropy bin."""
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(9, 4.5))
     ax = fig.subplots()
     n_models = len(table)
     width = 0.8 / max(n_models, 1)
@@ -70,7 +70,8 @@ def plot_error_by_bin(table, path, title):
                               for j, c in enumerate(table.columns)])
     ax.set_ylabel("held-out error (nats, lower is better)")
     ax.set_title(title)
-    ax.legend(fontsize="small", ncol=2)
+    # outside the axes: inside, it hides the bars of the last bin
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
