@@ -33,8 +33,9 @@ from torch import nn
 
 from ._batching import pad
 
-#: Elements of gathered per-user recurrent matrices held at once by forward runs.
-_WEIGHT_ELEMENTS = 2 ** 22
+#: Elements of gathered per-user recurrent matrices held at once by forward runs
+#: (a few MiB: larger batches of users spend their steps waiting on memory).
+_WEIGHT_ELEMENTS = 2 ** 20
 #: Time steps whose states a forward run stacks at once.
 _WINDOW = 64
 _ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid}
