@@ -256,31 +256,33 @@ class _SummedCrossEntropy(torch.autograd.Function):
         n_rows = hidden.shape[0]
         rows = _block_rows(n_rows, weight.shape[0], block_cells)
         gradients = any(ctx.needs_input_grad[:3])
+        nll = hidden.new_empty(n_rows, 1)
+        # per-block views made once: the blocks are many and small
+        blocks = zip(hidden.split(rows), targets[:, None].split(rows), nll.split(rows))
         if gradients:
             grad_hidden = torch.empty_like(hidden)
             grad_weight = torch.zeros_like(weight)
             grad_bias = torch.zeros_like(bias)
-        total = hidden.new_zeros(())
-        for begin in range(0, n_rows, rows):
-            block, block_targets = hidden[begin:begin + rows], targets[begin:begin + rows]
+            grad_blocks = grad_hidden.split(rows)
+            minus_one = hidden.new_full((rows, 1), -1.0)
+        for index, (block, block_targets, block_nll) in enumerate(blocks):
             logits = torch.addmm(bias, block, weight.T)
-            target_logits = logits.gather(1, block_targets[:, None])
+            target_logits = logits.gather(1, block_targets)
             max_logits = logits.amax(dim=1, keepdim=True)
             proba = torch.softmax(logits, dim=1)
             del logits
             # log_sum_exp = max_logit - log(max_proba): exact without a second
             # pass of exponentials, and max_proba >= 1/V never underflows
-            log_normalizers = max_logits - proba.amax(dim=1, keepdim=True).log()
-            total = total + (log_normalizers - target_logits).sum()
+            torch.sub(max_logits - proba.amax(dim=1, keepdim=True).log_(),
+                      target_logits, out=block_nll)
             if gradients:  # d(-log p_y)/d(logits) = p - onehot(y)
-                proba.scatter_add_(1, block_targets[:, None],
-                                   proba.new_full((len(block), 1), -1.0))
-                torch.mm(proba, weight, out=grad_hidden[begin:begin + rows])
+                proba.scatter_add_(1, block_targets, minus_one[:len(block)])
+                torch.mm(proba, weight, out=grad_blocks[index])
                 grad_weight.addmm_(proba.T, block)
                 grad_bias.add_(proba.sum(dim=0))
         if gradients:
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        return total
+        return nll.sum()
 
     @staticmethod
     def backward(ctx, grad_total):
