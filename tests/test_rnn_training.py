@@ -214,3 +214,35 @@ def test_cuda_model_saved_loads_on_cpu(events, tmp_path):
     state = model.__getstate__()
     assert not state["network_"].item_input.is_cuda
     assert not state["final_states_"].is_cuda
+
+
+def test_diverged_training_raises_a_clear_error(events, monkeypatch):
+    from skcrnn._rnn import _training
+    monkeypatch.setattr(_training, "_train_epoch", lambda *args: float("nan"))
+    model = CollaborativeGRURecommender(hidden_size=4, max_epochs=3, device="cpu",
+                                        random_state=0)
+    with pytest.raises(ValueError, match="diverged in epoch 1.*learning_rate"):
+        model.fit(events)
+
+
+def test_nan_validation_loss_counts_as_no_improvement(events, monkeypatch):
+    from skcrnn._rnn import _estimator
+    losses = iter([float("nan"), 5.0, 4.0, 4.5, 4.6, 4.7, 4.8])
+    monkeypatch.setattr(_estimator._Validation, "__call__", lambda self: next(losses))
+    model = CollaborativeGRURecommender(
+        hidden_size=4, max_epochs=7, n_iter_no_change=2, refit=False, batch_size=4,
+        chunk_size=5, device="cpu", random_state=0).fit(events)
+    assert model.best_epoch_ == 3
+    assert model.n_iter_ == 5
+
+
+def test_nan_validation_loss_in_every_epoch_stops_early(events, monkeypatch):
+    from skcrnn._rnn import _estimator
+    monkeypatch.setattr(_estimator._Validation, "__call__", lambda self: float("nan"))
+    model = CollaborativeGRURecommender(
+        hidden_size=4, max_epochs=7, n_iter_no_change=2, refit=True, batch_size=4,
+        chunk_size=5, device="cpu", random_state=0)
+    with pytest.warns(RuntimeWarning, match="not finite in any epoch"):
+        model.fit(events)
+    assert model.best_epoch_ is None and model.n_iter_ == 2
+    assert model.refit_history_ is None

@@ -24,6 +24,7 @@ both):
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -351,7 +352,8 @@ class _Progress:
         if entry["valid_loss"] < self.best_loss:
             self.best_loss, self.best_epoch = entry["valid_loss"], self.epoch
             self.best_weights = copy.deepcopy(module.state_dict())
-        elif self.epoch - self.best_epoch >= n_iter_no_change:
+        elif self.epoch - (self.best_epoch or 0) >= n_iter_no_change:
+            # (a NaN validation loss never improves: it counts as no change)
             self.stopped = True
 
 
@@ -397,7 +399,8 @@ def train(module, optimizer, batches, *, max_epochs, chunk_size, initial_state,
     Raises
     ------
     ValueError
-        If the state of ``checkpoint`` does not fit the module or optimizer.
+        If the state of ``checkpoint`` does not fit the module or optimizer,
+        or if the training loss of an epoch is not finite.
     """
     progress = _Progress()
     if checkpoint is not None:
@@ -416,6 +419,10 @@ def train(module, optimizer, batches, *, max_epochs, chunk_size, initial_state,
                                      chunk_size, initial_state, bar)
         train_seconds = time.perf_counter() - started
         train_loss = total_nll / max(n_events, 1)
+        if not np.isfinite(train_loss):
+            raise ValueError(
+                f"Training diverged in epoch {epoch}: the training loss is "
+                f"{train_loss}. Lower learning_rate (or try optimizer='adam').")
         valid_loss = float("nan") if validate is None else float(validate())
         seconds = time.perf_counter() - started
         if verbose:
@@ -429,6 +436,10 @@ def train(module, optimizer, batches, *, max_epochs, chunk_size, initial_state,
             checkpoint.save(_state(progress, module, optimizer, rng))
     if progress.best_weights is not None:
         module.load_state_dict(progress.best_weights)
+    elif validate is not None:
+        warnings.warn("The validation loss was not finite in any epoch; the "
+                      "weights of the last epoch are kept.", RuntimeWarning,
+                      stacklevel=2)
     return progress.history, progress.best_epoch
 
 
