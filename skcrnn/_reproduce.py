@@ -1,9 +1,9 @@
 """``python -m skcrnn reproduce``: the paper's comparison on one data set.
 
-Loads events (a real log, or generated data shaped like one of the paper's
-data sets), applies the paper's protocol, fits every model with the paper's
-settings for that data set, and prints (and optionally writes) the table of
-held-out errors.
+Loads events (a real log, or generated data with one of the paper's data
+sets' numbers of users and events, scaled), applies the paper's protocol,
+fits every model with the paper's settings for that data set, and prints (and
+optionally writes) the table of held-out errors.
 """
 
 import argparse
@@ -194,7 +194,8 @@ def build_parser():
                                 "or the generated data set's)")
     reproduce.add_argument("--generated", choices=sorted(PAPER_SHAPES),
                            default="brightkite",
-                           help="generated data shaped like this data set "
+                           help="generated data with this data set's users "
+                                "and events times --scale, and its protocol "
                                 "(used when --data is not given)")
     reproduce.add_argument("--scale", type=float, default=0.15,
                            help="users and events of the generated data "
