@@ -28,15 +28,36 @@ vectors, recurrent matrices act from the right, ``(B, H, k*H)`` per user or
 ``(H, k*H)`` shared, GRU columns are ``[update | reset | candidate]``.
 """
 
+from contextlib import contextmanager
+
 import torch
 
 #: About how many logits a block of rows holds: on a CPU, about 1 MiB, so
 #: that the softmax and the gradient products read it from cache; on a GPU,
 #: a whole chunk at once (fewer, larger kernels), up to 256 MiB.
-BLOCK_CELLS = {"cpu": 2 ** 18, "cuda": 2 ** 26}
+BLOCK_CELLS = {"cpu": 2 ** 19, "cuda": 2 ** 26}
 
 
 # ------------------------------------------------------------- recurrence
+@contextmanager
+def _one_cpu_thread(tensor):
+    """Run the enclosed CPU kernels on one thread.
+
+    A step's kernels are tiny (20 x 32 x 96): a second thread costs more to
+    wake than it saves, and made the recurrence ~40% slower on two cores. The
+    output layer's large kernels, outside, keep every thread.
+    """
+    threads = torch.get_num_threads()
+    if tensor.device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def chunk_states(start, inputs, weights, cell, candidate, n_steps):
     """States of a batch over one chunk, differentiable by hand-written BPTT.
 
@@ -102,6 +123,17 @@ class _ChunkRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, start, inputs, weights, cell, candidate, n_steps):
+        with _one_cpu_thread(start):
+            return _ChunkRecurrence._forward(ctx, start, inputs, weights, cell,
+                                             candidate, n_steps)
+
+    @staticmethod
+    def backward(ctx, grad_states, grad_final):
+        with _one_cpu_thread(ctx.saved_tensors[0]):
+            return _ChunkRecurrence._backward(ctx, grad_states, grad_final)
+
+    @staticmethod
+    def _forward(ctx, start, inputs, weights, cell, candidate, n_steps):
         size = start.shape[1]
         hidden = start.unsqueeze(1)
         states = [hidden]
@@ -142,7 +174,7 @@ class _ChunkRecurrence(torch.autograd.Function):
         return stacked, hidden.squeeze(1)
 
     @staticmethod
-    def backward(ctx, grad_states, grad_final):
+    def _backward(ctx, grad_states, grad_final):
         cell, n_steps, n_columns, width, shared = ctx.config
         weights, *saved = ctx.saved_tensors
         size = weights.shape[-2]
