@@ -133,3 +133,25 @@ def test_summed_cross_entropy_is_exact_for_very_unlikely_targets():
     assert expected > 37 * 200  # probabilities around exp(-200): 0 in float32
     assert np.isfinite(got.item())
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
+
+
+def test_recurrence_restores_the_thread_count_even_from_several_threads():
+    import threading
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tensors = _inputs("gru", False)
+
+        def run():
+            for _ in range(20):
+                states, final = chunk_states(*tensors, "gru", "sigmoid", 5)
+                torch.autograd.grad(states.sum() + final.sum(), tensors)
+
+        workers = [threading.Thread(target=run) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

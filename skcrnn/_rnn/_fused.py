@@ -28,34 +28,54 @@ vectors, recurrent matrices act from the right, ``(B, H, k*H)`` per user or
 ``(H, k*H)`` shared, GRU columns are ``[update | reset | candidate]``.
 """
 
+import threading
 from contextlib import contextmanager
 
 import torch
 
-#: About how many logits a block of rows holds: on a CPU, about 1 MiB, so
+#: About how many logits a block of rows holds: on a CPU, about 2 MiB, so
 #: that the softmax and the gradient products read it from cache; on a GPU,
 #: a whole chunk at once (fewer, larger kernels), up to 256 MiB.
 BLOCK_CELLS = {"cpu": 2 ** 19, "cuda": 2 ** 26}
 
 
 # ------------------------------------------------------------- recurrence
-@contextmanager
-def _one_cpu_thread(tensor):
-    """Run the enclosed CPU kernels on one thread.
+class _OneCpuThread:
+    """Run the enclosed CPU kernels on one thread, then restore the count.
 
     A step's kernels are tiny (20 x 32 x 96): a second thread costs more to
-    wake than it saves, and made the recurrence ~40% slower on two cores. The
-    output layer's large kernels, outside, keep every thread.
+    wake than it saves (a batched product took 20 µs on two threads, 11 µs on
+    one). The output layer's large kernels, outside, keep every thread. Fits
+    running in several Python threads share torch's global setting, so the
+    first one in saves it and the last one out restores it.
     """
-    threads = torch.get_num_threads()
-    if tensor.device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved = None
+
+    @contextmanager
+    def __call__(self, tensor):
+        if tensor.device.type != "cpu":
+            yield
+            return
+        with self._lock:
+            if self._inside == 0:
+                self._saved = torch.get_num_threads()
+                if self._saved != 1:
+                    torch.set_num_threads(1)
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0 and self._saved != 1:
+                    torch.set_num_threads(self._saved)
+
+
+_one_cpu_thread = _OneCpuThread()
 
 
 def chunk_states(start, inputs, weights, cell, candidate, n_steps):
