@@ -33,6 +33,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ._cells import _affine
+
 #: About how many logits a block of rows holds: on a CPU, about 2 MiB, so
 #: that the softmax and the gradient products read it from cache; on a GPU,
 #: a whole chunk at once (fewer, larger kernels), up to 256 MiB.
@@ -109,22 +111,6 @@ def chunk_states(start, inputs, weights, cell, candidate, n_steps):
     return _ChunkRecurrence.apply(start, inputs, weights, cell, candidate, n_steps)
 
 
-def _bmm(rows, weights, transpose=False):
-    """``rows @ weights`` for ``(B, 1, .)`` rows and batched or shared weights."""
-    if transpose:
-        weights = weights.transpose(-1, -2)
-    if weights.dim() == 3:
-        return torch.bmm(rows, weights)
-    return torch.mm(rows.flatten(0, 1), weights).unsqueeze(1)
-
-
-def _baddbmm(bias, rows, weights):
-    """``bias + rows @ weights`` for ``(B, 1, .)`` rows."""
-    if weights.dim() == 3:
-        return torch.baddbmm(bias, rows, weights)
-    return torch.addmm(bias.flatten(0, 1), rows.flatten(0, 1), weights).unsqueeze(1)
-
-
 def _outer_sum(left, right, shared):
     """``sum_t left[:, t]^T right[:, t]`` per row ``(B, a, b)``, or summed over rows."""
     if shared:
@@ -160,7 +146,7 @@ class _ChunkRecurrence(torch.autograd.Function):
         # views made once per chunk: slicing inside the loop costs a call per step
         if cell == "tanh":
             for step_inputs in inputs.split(1, dim=1)[:n_steps]:
-                hidden = torch.tanh(_baddbmm(step_inputs, hidden, weights))
+                hidden = torch.tanh(_affine(step_inputs, hidden, weights))
                 states.append(hidden)
         else:
             activation = torch.sigmoid if candidate == "sigmoid" else torch.tanh
@@ -170,9 +156,9 @@ class _ChunkRecurrence(torch.autograd.Function):
             candidate_inputs = inputs[..., 2 * size:].split(1, dim=1)
             gates, candidates = [], []
             for t in range(n_steps):
-                gate = torch.sigmoid(_baddbmm(gate_inputs[t], hidden, gate_weights))
+                gate = torch.sigmoid(_affine(gate_inputs[t], hidden, gate_weights))
                 update, reset = gate.split(size, dim=2)
-                new = activation(_baddbmm(candidate_inputs[t], reset * hidden,
+                new = activation(_affine(candidate_inputs[t], reset * hidden,
                                           candidate_weights))
                 hidden = torch.lerp(hidden, new, update)
                 gates.append(gate)
@@ -216,7 +202,7 @@ class _ChunkRecurrence(torch.autograd.Function):
             weights_t = weights.transpose(-1, -2)
             for t in range(n_steps - 1, -1, -1):
                 pre = torch.mul(grad, derivative[t], out=pre_steps[t])
-                grad = _baddbmm(grad_after[t], pre, weights_t)
+                grad = _affine(grad_after[t], pre, weights_t)
             grad_weights = _outer_sum(before, grad_pre, shared)
             return (grad.squeeze(1), _pad_steps(grad_pre, n_columns), grad_weights,
                     None, None, None)
@@ -244,12 +230,12 @@ class _ChunkRecurrence(torch.autograd.Function):
         candidate_weights_t = candidate_weights.transpose(-1, -2)
         for t in range(n_steps - 1, -1, -1):
             grad_candidate = torch.mul(grad, candidate_factor[t], out=candidate_steps[t])
-            grad_reset_hidden = _bmm(grad_candidate, candidate_weights_t)
+            grad_reset_hidden = grad_candidate @ candidate_weights_t
             torch.mul(grad, update_factor[t], out=update_steps[t])
             torch.mul(grad_reset_hidden, reset_factor[t], out=reset_grad_steps[t])
             grad = torch.addcmul(grad_after[t], grad, keep_factor[t])
             grad.addcmul_(grad_reset_hidden, reset_steps[t])
-            grad = _baddbmm(grad, gate_steps[t], gate_weights_t)
+            grad = _affine(grad, gate_steps[t], gate_weights_t)
         grad_weights = torch.cat([_outer_sum(before, grad_gates, shared),
                                   _outer_sum(reset * before, grad_candidates, shared)],
                                  dim=-1)
