@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _persistence
+from .._files import fsync_directory
 
 #: Name of the checkpoint file inside ``checkpoint_dir``.
 FILENAME = "checkpoint.pt"
@@ -153,7 +154,7 @@ class Checkpoint:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-        _fsync_directory(self.path.parent)
+        fsync_directory(self.path.parent)
 
     def remove(self):
         """Delete the file, and temporary files that killed writers left."""
@@ -204,17 +205,3 @@ def _check_header(record):
         raise ValueError("its phase 2 lacks the results of phase 1")
     if phase not in (1, 2) or not isinstance(record["training"], dict):
         raise ValueError(f"its phase ({phase!r}) or training state is damaged")
-
-
-def _fsync_directory(directory):
-    """Make a rename in ``directory`` durable (POSIX; a no-op elsewhere)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -22,6 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from .._files import fsync_directory
 from ._loaders import load_lastfm_1k, load_snap_checkins
 
 _DATA_HOME_ENV = "SKCRNN_DATA"
@@ -249,7 +250,7 @@ def _download_tar_member(remote, target):
 def _move_into_place(temporary, target):
     os.chmod(temporary, 0o644)  # mkstemp makes files private to the owner
     os.replace(temporary, target)
-    _fsync_folder(target.parent)
+    fsync_directory(target.parent)
 
 
 def _warn_if_unpinned(remote, what_was_checked):
@@ -480,14 +481,3 @@ def _normalized(name):
 def _remove_quietly(path):
     with suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _fsync_folder(folder):
-    """Make a rename durable; not possible everywhere (Windows), so optional."""
-    with suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
