@@ -40,11 +40,22 @@ TINY_RNN = dict(hidden_size=4, max_epochs=2, batch_size=4, chunk_size=5,
                 device="cpu", random_state=0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_torch_thread():
-    """Tiny tensors: a second torch thread only adds contention."""
+    """Tiny tensors: a second torch thread only adds contention.
+
+    Module-scoped, so that module-scoped fits run on one thread too.
+    """
     import torch
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_split():
+    """A small train/test split of :func:`random_events` without tied times."""
+    from skcrnn.model_selection import suffix_split
+    return suffix_split(random_events(n_users=6, n_events=150, ties=False, seed=3),
+                        0.2, 2, 50)

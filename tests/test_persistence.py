@@ -36,19 +36,12 @@ from .estimators import ALL_ESTIMATORS, ids
 _STAMP = ("format", "format_version", "estimator", "checksum")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread_here():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def split():
-    from skcrnn.model_selection import suffix_split
-    return suffix_split(random_events(n_users=6, n_events=150, ties=False, seed=3),
-                        0.2, 2, 50)
+def split(small_split):
+    return small_split
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,14 @@ import torch
 from skcrnn import CollaborativeGRURecommender
 from skcrnn import _persistence
 
-from .conftest import TINY_RNN as TINY, random_events
+from .conftest import TINY_RNN as TINY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def split():
-    from skcrnn.model_selection import suffix_split
-    return suffix_split(random_events(n_users=6, n_events=150, ties=False, seed=3),
-                        0.2, 2, 50)
+def split(small_split):
+    return small_split
 
 
 @pytest.fixture(scope="module")
