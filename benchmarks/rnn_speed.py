@@ -73,6 +73,14 @@ def load(benchmark, args):
     return train, test, settings
 
 
+def training_events(train, settings):
+    """Events an epoch trains on: each user's last ``max_train_chunks`` chunks."""
+    lengths = train.groupby("user").size()
+    if settings.get("max_train_chunks") is not None:
+        lengths = lengths.clip(upper=settings["max_train_chunks"] * settings["chunk_size"])
+    return int(lengths.sum())
+
+
 def run(train, test, settings, args, fused):
     """Fit with the fused or the autograd path; the figures of the run."""
     _training.FUSED = fused
@@ -86,7 +94,7 @@ def run(train, test, settings, args, fused):
     wall = time.perf_counter() - started
     seconds = [entry["seconds"] for entry in model.history_]
     steady = seconds[1:] or seconds
-    events = model.history_[-1]["events_per_second"] * seconds[-1]
+    events = training_events(train, settings)
     figures = {
         "path": "fused" if fused else "autograd",
         "device": model.device_,
@@ -94,7 +102,7 @@ def run(train, test, settings, args, fused):
         "epochs": len(seconds),
         "s/epoch (median)": statistics.median(steady),
         "s/epoch (all)": " ".join(f"{s:.2f}" for s in seconds),
-        "training events": int(round(events)),
+        "training events": events,
         "events/s": events / statistics.median(steady),
         "fit wall s": wall,
         "final train loss": model.history_[-1]["train_loss"],
