@@ -163,19 +163,12 @@ class PersonalUnigramRecommender(BaseRecommender):
             (self.n_users_, self.n_items_))
         counts = np.bincount(sequences.items, minlength=self.n_items_)
         self.global_proba_ = counts / counts.sum()
-        self._set_user_totals(sequences)
-
-    def _restore_fitted_state(self, record, device):
-        super()._restore_fitted_state(record, device)
-        self._set_user_totals(self._history)
-
-    def _set_user_totals(self, sequences):
-        self._user_totals = sequences.lengths.astype(float)
 
     def _log_proba(self, sequences, prefixes, targets=None):
         groups, lengths = _prefix_coordinates(sequences, prefixes)
         users = sequences.user_codes[groups]
-        totals = np.where(users >= 0, self._user_totals[np.maximum(users, 0)], 0.0)
+        # each known user's number of fitted events
+        totals = np.where(users >= 0, self._history.lengths[np.maximum(users, 0)], 0)
         denominator = np.log(totals + lengths + self.beta)
         if targets is not None:
             counts = (lookup(self.user_item_counts_, users, targets)
