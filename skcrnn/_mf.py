@@ -376,7 +376,10 @@ class _TailLikelihood:
         self.event_user, self.items = event_user, tail_items
         self.event_scores = _row_dots(self.user_f, event_user, item_f, tail_items)
         self.event_popularity = popularity[tail_items]
-        self.score_scale = 1.0 / max(float(np.std(self.event_scores)), 1e-12)
+        # scores without spread (one item, say) say nothing about a: keep its
+        # search on scale 1 instead of 1 / ~0, which sent a to ~1e12
+        spread = float(np.std(self.event_scores))
+        self.score_scale = 1.0 / spread if spread > 1e-8 else 1.0
 
     def __call__(self, a, b, c):
         n_users, n_items = len(self.users), len(self.item_f)

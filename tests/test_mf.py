@@ -175,3 +175,15 @@ def test_gpu_request_without_cuda_is_a_clear_error(split):
         pytest.skip("this implicit has CUDA")
     with pytest.raises(ValueError, match="CUDA"):
         MatrixFactorizationRecommender(use_gpu=True).fit(split[0])
+
+
+def test_scores_without_spread_keep_the_calibration_finite():
+    # one item: every score is the same, the tail likelihood is flat in a
+    events = pd.DataFrame({"user": [0] * 21, "item": ["a"] * 21,
+                           "timestamp": range(21)})
+    model = MatrixFactorizationRecommender(n_factors=4, n_iterations=3,
+                                           random_state=0).fit(events)
+    assert abs(model.score_weight_) < 1e3
+    test = events.tail(3)
+    np.testing.assert_allclose(np.exp(model.score_samples(test)), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(model.predict_proba(test), 1.0, rtol=1e-12)
