@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from skcrnn._rnn._cells import CollaborativeRNN
-from skcrnn._rnn._fused import chunk_states, summed_cross_entropy
+from skcrnn._rnn import _fused
+from skcrnn._rnn._fused import chunk_states, linear, summed_cross_entropy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,6 +114,47 @@ def test_summed_cross_entropy_matches_torch(block_cells):
     expected_grads = torch.autograd.grad(upstream * expected, (hidden, weight, bias))
     for g, e, name in zip(got_grads, expected_grads, ("hidden", "weight", "bias")):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-mm"])
+def test_single_precision_cross_entropy_matches_double(onednn, monkeypatch):
+    """The float32 products (oneDNN or torch's) against a float64 reference."""
+    monkeypatch.setattr(_fused, "ONEDNN", onednn)
+    hidden, weight, bias, targets = _output_problem(n_rows=300, n_items=97, size=8)
+    single = [t.detach().float().requires_grad_() for t in (hidden, weight, bias)]
+    got = summed_cross_entropy(*single, targets, block_cells=97 * 40)
+    expected = F.cross_entropy(hidden @ weight.T + bias, targets, reduction="sum")
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
+    got_grads = torch.autograd.grad(got, single)
+    expected_grads = torch.autograd.grad(expected, (hidden, weight, bias))
+    for g, e, name in zip(got_grads, expected_grads, ("hidden", "weight", "bias")):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_summed_cross_entropy_of_no_rows_is_zero():
+    hidden, weight, bias, targets = _output_problem(n_rows=0)
+    got = summed_cross_entropy(hidden, weight, bias, targets)
+    assert got.item() == 0
+    grads = torch.autograd.grad(got, (hidden, weight, bias))
+    assert all(g.shape == t.shape and not g.any()
+               for g, t in zip(grads, (hidden, weight, bias)))
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4), (130, 33, 7), (1, 1, 1)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_linear_matches_addmm_in_single_precision(shape, transposed):
+    n, m, k = shape
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(n, k, generator=generator)
+    weight = torch.randn(m, k, generator=generator)
+    bias = torch.randn(m, generator=generator)
+    if transposed:  # a transposed view, as the weight's gradient uses
+        weight = torch.randn(k, m, generator=generator).T
+    expected = inputs.double() @ weight.double().T + bias.double()
+    torch.testing.assert_close(linear(inputs, weight, bias).double(), expected,
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(linear(inputs, weight).double(),
+                               expected - bias.double(), rtol=1e-5, atol=1e-5)
 
 
 def test_summed_cross_entropy_gradcheck():
