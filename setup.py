@@ -19,12 +19,15 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.10",
     packages=find_packages(include=["skcrnn", "skcrnn.*"]),
+    # the recurrence's C++ loops, compiled on first use (skcrnn/_rnn/_native.py)
+    package_data={"skcrnn._rnn": ["csrc/*.cpp"]},
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",
         "pandas>=2.0",
         "scikit-learn>=1.4",
         "torch>=2.1",
+        "ninja>=1.10",
         "hmmlearn>=0.3",
         "implicit>=0.7",
         "threadpoolctl>=3.1",

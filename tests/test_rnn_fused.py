@@ -1,18 +1,37 @@
 """The hand-written passes of ``skcrnn._rnn._fused`` against autograd and finite differences."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from skcrnn._rnn._cells import CollaborativeRNN
-from skcrnn._rnn import _fused
+from skcrnn._rnn import _fused, _native
 from skcrnn._rnn._fused import chunk_states, linear, summed_cross_entropy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CELLS = {"gru-tanh": ("gru", "tanh"), "gru-sigmoid": ("gru", "sigmoid"),
          "tanh": ("tanh", "tanh")}
+
+
+@pytest.fixture(params=["compiled", "python"])
+def loops(request, monkeypatch):
+    """Run the recurrence's loops compiled (``_native``) or in Python."""
+    monkeypatch.setattr(_native, "ENABLED", request.param == "compiled")
+    if request.param == "compiled" and _native.load() is None:
+        pytest.skip(f"no compiled recurrence here: {_native.status()}")
+    return request.param
+
+
+def test_compiled_recurrence_builds_where_there_is_a_compiler():
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: training runs the Python loops")
+    assert _native.load() is not None, _native.status()
+    assert _native.status() == "compiled"
 
 
 def _inputs(cell, shared, n_rows=4, n_columns=5, size=3, seed=0):
@@ -48,7 +67,7 @@ def _reference_states(start, inputs, weights, cell, candidate, n_steps):
 @pytest.mark.parametrize("shared", [False, True], ids=["per-user", "shared"])
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("n_columns, n_steps", [(5, 5), (5, 4), (1, 1), (1, 0)])
-def test_chunk_states_match_autograd(cell, shared, n_columns, n_steps):
+def test_chunk_states_match_autograd(cell, shared, n_columns, n_steps, loops):
     cell, candidate = CELLS[cell]
     tensors = _inputs(cell, shared, n_columns=n_columns)
     generator = torch.Generator().manual_seed(1)
@@ -74,7 +93,7 @@ def test_chunk_states_match_autograd(cell, shared, n_columns, n_steps):
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-user", "shared"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_chunk_states_gradcheck(cell, shared):
+def test_chunk_states_gradcheck(cell, shared, loops):
     cell, candidate = CELLS[cell]
     tensors = _inputs(cell, shared, n_rows=2, n_columns=3, size=2)
     assert torch.autograd.gradcheck(
@@ -93,6 +112,37 @@ def test_chunk_states_only_state_gradient():
 
 
 # ------------------------------------------------------------ output layer
+@pytest.mark.parametrize("shared", [False, True], ids=["per-user", "shared"])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("scale", [1.0, 60.0], ids=["usual", "saturated"])
+def test_single_precision_chunk_states_match_double(cell, shared, scale, loops):
+    """float32 loops (vectorized exp in the compiled ones) against float64.
+
+    The saturated case drives the gates far past where exp under- or
+    overflows in float32 (pre-activations of a few hundred).
+    """
+    cell, candidate = CELLS[cell]
+    tensors = _inputs(cell, shared, n_rows=7, n_columns=9, size=20, seed=4)
+    with torch.no_grad():
+        tensors[1].mul_(scale)
+    single = [t.detach().float().requires_grad_() for t in tensors]
+    generator = torch.Generator().manual_seed(2)
+    state_weights = torch.randn(7, 9, 20, generator=generator, dtype=torch.float64)
+
+    def loss(states, final):
+        return (states * state_weights.to(states.dtype)).sum() + final.sum()
+
+    expected = chunk_states(*tensors, cell, candidate, 9)
+    got = chunk_states(*single, cell, candidate, 9)
+    for g, e in zip(got, expected):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=2e-6)
+    expected_grads = torch.autograd.grad(loss(*expected), tensors)
+    got_grads = torch.autograd.grad(loss(*got), single)
+    for g, e, name in zip(got_grads, expected_grads, ("start", "inputs", "weights")):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4, msg=name)
+
+
 def _output_problem(n_rows=37, n_items=11, size=4, scale=1.0, seed=0):
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n_rows, size, generator=generator, dtype=torch.float64)

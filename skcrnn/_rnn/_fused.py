@@ -33,6 +33,7 @@ from contextlib import contextmanager
 
 import torch
 
+from . import _native
 from ._cells import _affine
 
 #: About how many logits a block of rows holds: on a CPU, about 2 MiB, so
@@ -141,43 +142,36 @@ class _ChunkRecurrence(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, start, inputs, weights, cell, candidate, n_steps):
         size = start.shape[1]
-        hidden = start.unsqueeze(1)
-        states = [hidden]
-        # views made once per chunk: slicing inside the loop costs a call per step
+        native = _native_loops(start)
         if cell == "tanh":
-            for step_inputs in inputs.split(1, dim=1)[:n_steps]:
-                hidden = torch.tanh(_affine(step_inputs, hidden, weights))
-                states.append(hidden)
+            if native is not None:
+                stacked, hidden, after = native.tanh_forward(
+                    start.contiguous(), inputs.contiguous(), weights.contiguous(),
+                    n_steps)
+            else:
+                stacked, hidden, after = _tanh_forward(start, inputs, weights, n_steps)
+            gate_weights = candidate_weights = None
         else:
-            activation = torch.sigmoid if candidate == "sigmoid" else torch.tanh
             gate_weights = weights[..., :2 * size].contiguous()
             candidate_weights = weights[..., 2 * size:].contiguous()
-            gate_inputs = inputs[..., :2 * size].split(1, dim=1)
-            candidate_inputs = inputs[..., 2 * size:].split(1, dim=1)
-            gates, candidates = [], []
-            for t in range(n_steps):
-                gate = torch.sigmoid(_affine(gate_inputs[t], hidden, gate_weights))
-                update, reset = gate.split(size, dim=2)
-                new = activation(_affine(candidate_inputs[t], reset * hidden,
-                                          candidate_weights))
-                hidden = torch.lerp(hidden, new, update)
-                gates.append(gate)
-                candidates.append(new)
-                states.append(hidden)
+            if native is not None:
+                stacked, hidden, gates, candidates = native.gru_forward(
+                    start.contiguous(), inputs.contiguous(), weights.contiguous(),
+                    candidate == "sigmoid", n_steps)
+            else:
+                stacked, hidden, gates, candidates = _gru_forward(
+                    start, inputs, gate_weights, candidate_weights, candidate, n_steps)
         n_columns = inputs.shape[1]
-        stacked = torch.cat(states[:n_columns], dim=1)
         ctx.config = (cell, n_steps, n_columns, inputs.shape[2], weights.dim() == 2)
         if n_steps == 0:
             ctx.save_for_backward(weights)
         elif cell == "tanh":
-            after = torch.cat(states[1:], dim=1)
             ctx.save_for_backward(weights, stacked[:, :n_steps], 1 - after * after)
         else:
-            ctx.save_for_backward(
-                weights, stacked[:, :n_steps], torch.cat(gates, dim=1),
-                torch.cat(candidates, dim=1), gate_weights, candidate_weights)
+            ctx.save_for_backward(weights, stacked[:, :n_steps], gates, candidates,
+                                  gate_weights, candidate_weights)
             ctx.candidate = candidate
-        return stacked, hidden.squeeze(1)
+        return stacked, hidden
 
     @staticmethod
     def _backward(ctx, grad_states, grad_final):
@@ -194,17 +188,17 @@ class _ChunkRecurrence(torch.autograd.Function):
         if n_steps == 0:  # a one-item last chunk: its item is predicted, not read
             return (grad.squeeze(1), weights.new_zeros(n_rows, n_columns, width),
                     torch.zeros_like(weights), None, None, None)
-        grad_after = grad_states.split(1, dim=1)
+        native = _native_loops(grad)
         if cell == "tanh":
             before, derivative = saved
-            grad_pre = torch.empty_like(before)
-            pre_steps, derivative = grad_pre.split(1, dim=1), derivative.split(1, dim=1)
-            weights_t = weights.transpose(-1, -2)
-            for t in range(n_steps - 1, -1, -1):
-                pre = torch.mul(grad, derivative[t], out=pre_steps[t])
-                grad = _affine(grad_after[t], pre, weights_t)
+            if native is not None:
+                grad, grad_pre = native.tanh_backward(
+                    grad.squeeze(1).clone(), grad_states.contiguous(),
+                    weights.contiguous(), derivative)
+            else:
+                grad, grad_pre = _tanh_backward(grad, grad_states, weights, derivative)
             grad_weights = _outer_sum(before, grad_pre, shared)
-            return (grad.squeeze(1), _pad_steps(grad_pre, n_columns), grad_weights,
+            return (grad, _pad_steps(grad_pre, n_columns), grad_weights,
                     None, None, None)
 
         before, gates, candidates, gate_weights, candidate_weights = saved
@@ -212,36 +206,118 @@ class _ChunkRecurrence(torch.autograd.Function):
         gate_derivative = gates * (1 - gates)
         # per step: dz_pre = g (c - h) z(1 - z); dr_pre = (g_rh) h r(1 - r);
         # dc_pre = g z c'(.); dh = g (1 - z) + g_rh r + dgates_pre @ R_gates^T
-        update_factor = ((candidates - before) * gate_derivative[..., :size]).split(1, 1)
-        reset_factor = (before * gate_derivative[..., size:]).split(1, 1)
+        update_factor = (candidates - before) * gate_derivative[..., :size]
+        reset_factor = before * gate_derivative[..., size:]
         if ctx.candidate == "sigmoid":
             candidate_factor = candidates * (1 - candidates)
         else:
             candidate_factor = 1 - candidates * candidates
-        candidate_factor = (candidate_factor * update).split(1, 1)
-        keep_factor, reset_steps = (1 - update).split(1, 1), reset.split(1, 1)
-        grad_gates = torch.empty_like(gates)
-        grad_candidates = torch.empty_like(candidates)
-        gate_steps = grad_gates.split(1, dim=1)
-        update_steps = grad_gates[..., :size].split(1, dim=1)
-        reset_grad_steps = grad_gates[..., size:].split(1, dim=1)
-        candidate_steps = grad_candidates.split(1, dim=1)
-        gate_weights_t = gate_weights.transpose(-1, -2)
-        candidate_weights_t = candidate_weights.transpose(-1, -2)
-        for t in range(n_steps - 1, -1, -1):
-            grad_candidate = torch.mul(grad, candidate_factor[t], out=candidate_steps[t])
-            grad_reset_hidden = grad_candidate @ candidate_weights_t
-            torch.mul(grad, update_factor[t], out=update_steps[t])
-            torch.mul(grad_reset_hidden, reset_factor[t], out=reset_grad_steps[t])
-            grad = torch.addcmul(grad_after[t], grad, keep_factor[t])
-            grad.addcmul_(grad_reset_hidden, reset_steps[t])
-            grad = _affine(grad, gate_steps[t], gate_weights_t)
+        candidate_factor = candidate_factor * update
+        factors = (update_factor, reset_factor, candidate_factor, 1 - update,
+                   reset.contiguous())
+        if native is not None:
+            # (the loops write the start's gradient over their first argument)
+            grad, grad_gates, grad_candidates = native.gru_backward(
+                grad.squeeze(1).clone(), grad_states.contiguous(),
+                weights.contiguous(), *factors)
+        else:
+            grad, grad_gates, grad_candidates = _gru_backward(
+                grad, grad_states, gate_weights, candidate_weights, *factors)
         grad_weights = torch.cat([_outer_sum(before, grad_gates, shared),
                                   _outer_sum(reset * before, grad_candidates, shared)],
                                  dim=-1)
         grad_inputs = _pad_steps(torch.cat([grad_gates, grad_candidates], dim=2),
                                  n_columns)
-        return grad.squeeze(1), grad_inputs, grad_weights, None, None, None
+        return grad, grad_inputs, grad_weights, None, None, None
+
+
+def _native_loops(tensor):
+    """The compiled loops of :mod:`._native` for a CPU tensor, else None."""
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32,
+                                                            torch.float64):
+        return None
+    return _native.load()
+
+
+def _tanh_forward(start, inputs, weights, n_steps):
+    """Python loop of the tanh cell: states, carry, states after each step."""
+    hidden = start.unsqueeze(1)
+    states = [hidden]
+    # views made once per chunk: slicing inside the loop costs a call per step
+    for step_inputs in inputs.split(1, dim=1)[:n_steps]:
+        hidden = torch.tanh(_affine(step_inputs, hidden, weights))
+        states.append(hidden)
+    after = torch.cat(states[1:], dim=1) if n_steps else inputs.new_empty(
+        inputs.shape[0], 0, start.shape[1])
+    return torch.cat(states[:inputs.shape[1]], dim=1), hidden.squeeze(1), after
+
+
+def _gru_forward(start, inputs, gate_weights, candidate_weights, candidate, n_steps):
+    """Python loop of the GRU: states, carry, gates and candidates of each step."""
+    size = start.shape[1]
+    activation = torch.sigmoid if candidate == "sigmoid" else torch.tanh
+    hidden = start.unsqueeze(1)
+    states, gates, candidates = [hidden], [], []
+    gate_inputs = inputs[..., :2 * size].split(1, dim=1)
+    candidate_inputs = inputs[..., 2 * size:].split(1, dim=1)
+    for t in range(n_steps):
+        gate = torch.sigmoid(_affine(gate_inputs[t], hidden, gate_weights))
+        update, reset = gate.split(size, dim=2)
+        new = activation(_affine(candidate_inputs[t], reset * hidden,
+                                  candidate_weights))
+        hidden = torch.lerp(hidden, new, update)
+        gates.append(gate)
+        candidates.append(new)
+        states.append(hidden)
+    if not n_steps:
+        gates, candidates = [inputs.new_empty(len(start), 0, 2 * size)], [
+            inputs.new_empty(len(start), 0, size)]
+    return (torch.cat(states[:inputs.shape[1]], dim=1), hidden.squeeze(1),
+            torch.cat(gates, dim=1), torch.cat(candidates, dim=1))
+
+
+def _tanh_backward(grad, grad_states, weights, derivative):
+    """Python loop of the tanh cell's BPTT: the start's and pre-activations' gradients."""
+    grad_after = grad_states.split(1, dim=1)
+    grad_pre = torch.empty_like(derivative)
+    pre_steps, derivative = grad_pre.split(1, dim=1), derivative.split(1, dim=1)
+    weights_t = weights.transpose(-1, -2)
+    for t in range(len(pre_steps) - 1, -1, -1):
+        pre = torch.mul(grad, derivative[t], out=pre_steps[t])
+        grad = _affine(grad_after[t], pre, weights_t)
+    return grad.squeeze(1), grad_pre
+
+
+def _gru_backward(grad, grad_states, gate_weights, candidate_weights, update_factor,
+                  reset_factor, candidate_factor, keep_factor, reset):
+    """Python loop of the GRU's BPTT: the start's, gates' and candidates' gradients.
+
+    Per step: ``dc = g z c'``; ``dz = g (c - h) z(1 - z)``;
+    ``dr = (dc @ R_c^T) h r(1 - r)``;
+    ``dh = g (1 - z) + (dc @ R_c^T) r + [dz | dr] @ R_gates^T``.
+    """
+    size = grad.shape[-1]
+    grad_gates = grad.new_empty(update_factor.shape[:2] + (2 * size,))
+    grad_candidates = torch.empty_like(candidate_factor)
+    update_factor, reset_factor, candidate_factor, keep_factor, reset = (
+        factor.split(1, dim=1) for factor in (update_factor, reset_factor,
+                                              candidate_factor, keep_factor, reset))
+    grad_after = grad_states.split(1, dim=1)
+    gate_steps = grad_gates.split(1, dim=1)
+    update_steps = grad_gates[..., :size].split(1, dim=1)
+    reset_grad_steps = grad_gates[..., size:].split(1, dim=1)
+    candidate_steps = grad_candidates.split(1, dim=1)
+    gate_weights_t = gate_weights.transpose(-1, -2)
+    candidate_weights_t = candidate_weights.transpose(-1, -2)
+    for t in range(len(gate_steps) - 1, -1, -1):
+        grad_candidate = torch.mul(grad, candidate_factor[t], out=candidate_steps[t])
+        grad_reset_hidden = grad_candidate @ candidate_weights_t
+        torch.mul(grad, update_factor[t], out=update_steps[t])
+        torch.mul(grad_reset_hidden, reset_factor[t], out=reset_grad_steps[t])
+        grad = torch.addcmul(grad_after[t], grad, keep_factor[t])
+        grad.addcmul_(grad_reset_hidden, reset[t])
+        grad = _affine(grad, gate_steps[t], gate_weights_t)
+    return grad.squeeze(1), grad_gates, grad_candidates
 
 
 def _pad_steps(grad_inputs, n_columns):
