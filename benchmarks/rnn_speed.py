@@ -21,6 +21,10 @@ Three benchmarks (issue 6), each printing its figures:
     long; the full-size epoch is then extrapolated from the events per
     second, and printed as such.
 
+The fused path compiles the recurrence's C++ loops on its first run on a
+machine (about half a minute, before the first epoch); ``SKCRNN_NATIVE=0``
+runs the same fused path with the loops in Python instead.
+
 Every figure comes from ``CollaborativeGRURecommender.history_`` (training
 seconds of each epoch, validation excluded since there is none); seconds
 per epoch is the median over the epochs after the first (the first pays for
@@ -44,7 +48,7 @@ import numpy as np
 import torch
 
 from skcrnn import CollaborativeGRURecommender
-from skcrnn._rnn import _training
+from skcrnn._rnn import _fused, _native, _training
 from skcrnn.datasets import load_snap_checkins, make_sequences
 from skcrnn.model_selection import preprocess_like_paper, suffix_split
 
@@ -139,6 +143,9 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), "
           f"{platform.processor() or platform.machine()}"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(f"recurrence loops: {_native.status()}; CPU float32 output products: "
+          f"{'oneDNN' if _fused.ONEDNN and _fused._ONEDNN_LINEAR else 'torch.mm'}; "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     paths = {"fused": [True], "autograd": [False], "both": [True, False]}[args.path]
     results = [run(train, test, settings, args, fused) for fused in paths]
     results[-1]["peak host MiB (process)"] = (

@@ -19,9 +19,13 @@ chunk and the full ``(events x items)`` cross-entropy of the output layer:
 
 Both compute exactly what the autograd path of :mod:`._training` computes
 (they are tested against it and against a naive per-user loop); they are
-faster because a chunk costs a fixed handful of kernels per step instead of
-an autograd graph of a few dozen nodes per step, and because the output
-layer reads each probability from cache instead of memory.
+faster because a chunk costs no autograd graph of a few dozen nodes per
+step, and because the output layer reads each probability from cache
+instead of memory. The step loops themselves run compiled
+(:mod:`._native`, a few microseconds a step) where the C++ extension
+builds, else as a handful of torch kernels a step in Python; on the CPU,
+the output layer's single-precision products go through oneDNN
+(:func:`linear`).
 
 Shapes follow :mod:`._cells`: rows are users, states are ``(B, H)`` row
 vectors, recurrent matrices act from the right, ``(B, H, k*H)`` per user or
@@ -36,10 +40,12 @@ import torch
 from . import _native
 from ._cells import _affine
 
-#: About how many logits a block of rows holds: on a CPU, about 2 MiB, so
-#: that the softmax and the gradient products read it from cache; on a GPU,
-#: a whole chunk at once (fewer, larger kernels), up to 256 MiB.
-BLOCK_CELLS = {"cpu": 2 ** 19, "cuda": 2 ** 26}
+#: About how many logits a block of rows holds: on a CPU, about 8 MiB, so
+#: that the softmax and the gradient products read it from the last-level
+#: cache (2 to 8 MiB were within 10 % of each other on an AMD EPYC; larger
+#: blocks give oneDNN's products more rows); on a GPU, a whole chunk at once
+#: (fewer, larger kernels), up to 256 MiB.
+BLOCK_CELLS = {"cpu": 2 ** 21, "cuda": 2 ** 26}
 
 
 # ------------------------------------------------------------- recurrence
@@ -150,17 +156,13 @@ class _ChunkRecurrence(torch.autograd.Function):
                     n_steps)
             else:
                 stacked, hidden, after = _tanh_forward(start, inputs, weights, n_steps)
-            gate_weights = candidate_weights = None
+        elif native is not None:
+            stacked, hidden, gates, candidates = native.gru_forward(
+                start.contiguous(), inputs.contiguous(), weights.contiguous(),
+                candidate == "sigmoid", n_steps)
         else:
-            gate_weights = weights[..., :2 * size].contiguous()
-            candidate_weights = weights[..., 2 * size:].contiguous()
-            if native is not None:
-                stacked, hidden, gates, candidates = native.gru_forward(
-                    start.contiguous(), inputs.contiguous(), weights.contiguous(),
-                    candidate == "sigmoid", n_steps)
-            else:
-                stacked, hidden, gates, candidates = _gru_forward(
-                    start, inputs, gate_weights, candidate_weights, candidate, n_steps)
+            stacked, hidden, gates, candidates = _gru_forward(
+                start, inputs, *_split_gru(weights, size), candidate, n_steps)
         n_columns = inputs.shape[1]
         ctx.config = (cell, n_steps, n_columns, inputs.shape[2], weights.dim() == 2)
         if n_steps == 0:
@@ -168,8 +170,7 @@ class _ChunkRecurrence(torch.autograd.Function):
         elif cell == "tanh":
             ctx.save_for_backward(weights, stacked[:, :n_steps], 1 - after * after)
         else:
-            ctx.save_for_backward(weights, stacked[:, :n_steps], gates, candidates,
-                                  gate_weights, candidate_weights)
+            ctx.save_for_backward(weights, stacked[:, :n_steps], gates, candidates)
             ctx.candidate = candidate
         return stacked, hidden
 
@@ -201,7 +202,7 @@ class _ChunkRecurrence(torch.autograd.Function):
             return (grad, _pad_steps(grad_pre, n_columns), grad_weights,
                     None, None, None)
 
-        before, gates, candidates, gate_weights, candidate_weights = saved
+        before, gates, candidates = saved
         update, reset = gates.split(size, dim=2)
         gate_derivative = gates * (1 - gates)
         # per step: dz_pre = g (c - h) z(1 - z); dr_pre = (g_rh) h r(1 - r);
@@ -222,7 +223,7 @@ class _ChunkRecurrence(torch.autograd.Function):
                 weights.contiguous(), *factors)
         else:
             grad, grad_gates, grad_candidates = _gru_backward(
-                grad, grad_states, gate_weights, candidate_weights, *factors)
+                grad, grad_states, *_split_gru(weights, size), *factors)
         grad_weights = torch.cat([_outer_sum(before, grad_gates, shared),
                                   _outer_sum(reset * before, grad_candidates, shared)],
                                  dim=-1)
@@ -237,6 +238,11 @@ def _native_loops(tensor):
                                                             torch.float64):
         return None
     return _native.load()
+
+
+def _split_gru(weights, size):
+    """The gates' ``(.., H, 2H)`` and the candidate's ``(.., H, H)`` matrices."""
+    return weights[..., :2 * size].contiguous(), weights[..., 2 * size:].contiguous()
 
 
 def _tanh_forward(start, inputs, weights, n_steps):
