@@ -417,7 +417,6 @@ class _SummedCrossEntropy(torch.autograd.Function):
         if gradients:
             grad_hidden = torch.empty_like(hidden)
             grad_blocks = grad_hidden.split(rows)
-            weight_t = weight.T.contiguous()
             # [h | 1]^T @ (P - Y): the weight's gradient (transposed) and, in
             # its last row, the bias's, from one product
             augmented_t = torch.ones(size + 1, n_rows, dtype=hidden.dtype,
@@ -437,7 +436,7 @@ class _SummedCrossEntropy(torch.autograd.Function):
                       target_logits, out=block_nll)
             if gradients:  # d(-log p_y)/d(logits) = p - onehot(y)
                 proba.scatter_add_(1, block_targets, minus_one[:len(block)])
-                grad_blocks[index].copy_(linear(proba, weight_t))
+                grad_blocks[index].copy_(linear(proba, weight.T))
                 product = linear(augmented_blocks[index], proba.T)
                 if grad_both_t is None:
                     grad_both_t = product
@@ -453,5 +452,10 @@ class _SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return (grad_hidden * grad_total, grad_weight * grad_total,
+        # the weight's gradient is a transposed view: scaled into a row-major
+        # tensor, it reaches .grad without another copy to the weight's layout
+        scaled_weight = torch.empty(grad_weight.shape, dtype=grad_weight.dtype,
+                                    device=grad_weight.device)
+        return (grad_hidden * grad_total,
+                torch.mul(grad_weight, grad_total, out=scaled_weight),
                 grad_bias * grad_total, None, None)

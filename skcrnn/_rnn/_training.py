@@ -220,6 +220,9 @@ class Optimizer:
         self.rho = rho
         self.epsilon = epsilon
         self.state = {}
+        # scratch space of the dense RMSProp steps (not state: not saved);
+        # a fresh tensor per step of the larger parameters costs page faults
+        self._denominators = {}
         for param_name, param in module.named_parameters():
             state = {"mean_square": torch.zeros_like(param)}
             if name == "adam":
@@ -283,9 +286,9 @@ class Optimizer:
             if name == "recurrent" and not self.module.shared:
                 rows, grad = chunk.users, chunk.user_weights.grad
             if grad is not None:  # None: the chunk only predicted from its carry
-                self._update(param, self.state[name], rows, grad)
+                self._update(param, self.state[name], rows, grad, name)
 
-    def _update(self, param, state, rows, grad):
+    def _update(self, param, state, rows, grad, name):
         """Update ``param`` (or only its ``rows``) from ``grad`` (of those rows)."""
         def read(tensor):
             return tensor if rows is None else tensor[rows]
@@ -293,11 +296,14 @@ class Optimizer:
         mean_square = read(state["mean_square"])
         if self.name == "rmsprop":
             mean_square.mul_(self.rho).addcmul_(grad, grad, value=1 - self.rho)
-            denominator = mean_square.add(self.epsilon).sqrt_()
-            if rows is None:  # one fused pass over the parameter
+            if rows is None:  # in place, then one fused pass over the parameter
+                denominator = self._denominators.get(name)
+                if denominator is None:
+                    denominator = self._denominators[name] = torch.empty_like(param)
+                torch.add(mean_square, self.epsilon, out=denominator).sqrt_()
                 param.addcdiv_(grad, denominator, value=-self.learning_rate)
                 return
-            update = grad / denominator
+            update = grad / mean_square.add(self.epsilon).sqrt_()
         else:
             beta1, beta2 = self._ADAM_BETAS
             mean = read(state["mean"]).mul_(beta1).add_(grad, alpha=1 - beta1)
