@@ -23,7 +23,8 @@ Three benchmarks (issue 6), each printing its figures:
 
 The fused path compiles the recurrence's C++ loops on its first run on a
 machine (about half a minute, before the first epoch); ``SKCRNN_NATIVE=0``
-runs the same fused path with the loops in Python instead.
+(or ``--loops python``) runs the same fused path with the loops in Python
+instead, and ``--products torch`` its output layer with torch's own products.
 
 Every figure comes from ``CollaborativeGRURecommender.history_`` (training
 seconds of each epoch, validation excluded since there is none); seconds
@@ -130,11 +131,20 @@ def main():
     parser.add_argument("--users", type=int, default=None,
                         help="generated benchmarks: keep this many users")
     parser.add_argument("--data", default=str(FOURSQUARE))
+    parser.add_argument("--loops", choices=["compiled", "python"], default="compiled",
+                        help="fused path: the recurrence's loops compiled (C++) "
+                             "or in Python")
+    parser.add_argument("--products", choices=["onednn", "torch"], default="onednn",
+                        help="fused path on CPU: float32 output-layer products "
+                             "through oneDNN or torch.mm (MKL)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    _native.ENABLED = args.loops == "compiled"
+    _fused.ONEDNN = args.products == "onednn"
+    _native.load()  # compile (first run on a machine) before anything is timed
 
     train, test, settings = load(args.benchmark, args)
     print(f"{args.benchmark}: {train['user'].nunique():,} users, "
