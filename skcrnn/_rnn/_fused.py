@@ -195,7 +195,7 @@ class _ChunkRecurrence(torch.autograd.Function):
             if native is not None:
                 grad, grad_pre = native.tanh_backward(
                     grad.squeeze(1).clone(), grad_states.contiguous(),
-                    weights.contiguous(), derivative)
+                    weights.transpose(-1, -2).contiguous(), derivative)
             else:
                 grad, grad_pre = _tanh_backward(grad, grad_states, weights, derivative)
             grad_weights = _outer_sum(before, grad_pre, shared)
@@ -220,7 +220,7 @@ class _ChunkRecurrence(torch.autograd.Function):
             # (the loops write the start's gradient over their first argument)
             grad, grad_gates, grad_candidates = native.gru_backward(
                 grad.squeeze(1).clone(), grad_states.contiguous(),
-                weights.contiguous(), *factors)
+                weights.transpose(-1, -2).contiguous(), *factors)
         else:
             grad, grad_gates, grad_candidates = _gru_backward(
                 grad, grad_states, *_split_gru(weights, size), *factors)

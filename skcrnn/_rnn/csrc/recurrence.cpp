@@ -100,31 +100,38 @@ inline void activate_(T* x, int64_t n, bool sigmoid) {
   if (sigmoid) sigmoid_(x, n); else tanh_(x, n);
 }
 
-// out[j] = bias[j] + sum_k h[k] w[k, j] for j < n; w has row stride `stride`
-template <typename T>
-inline void affine(const T* __restrict__ bias, const T* __restrict__ h,
-                   const T* __restrict__ w, int64_t stride, int64_t size, int64_t n,
-                   T* __restrict__ out) {
-  std::memcpy(out, bias, n * sizeof(T));
-  for (int64_t k = 0; k < size; ++k) {
-    const T hk = h[k];
-    const T* row = w + k * stride;
+// out[0:n] += sum_i x[i] w[i, 0:n] for i < m, w with row stride `stride`:
+// `kBlock` outputs held in registers across all m rows (several independent
+// vector accumulators), so the loop runs at the multiply-add throughput
+// instead of waiting on each accumulation's latency.
+template <typename T, int64_t kBlock>
+inline void accumulate_block(const T* __restrict__ x, int64_t m,
+                             const T* __restrict__ w, int64_t stride,
+                             T* __restrict__ out) {
+  T sum[kBlock];
+  for (int64_t l = 0; l < kBlock; ++l) sum[l] = out[l];
+  for (int64_t i = 0; i < m; ++i) {
+    const T xi = x[i];
+    const T* row = w + i * stride;
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) out[j] += hk * row[j];
+    for (int64_t l = 0; l < kBlock; ++l) sum[l] += xi * row[l];
   }
+  for (int64_t l = 0; l < kBlock; ++l) out[l] = sum[l];
 }
 
-// out[k] += sum_j g[j] w[k, j] for k < size, j < n (the product with w^T)
 template <typename T>
-inline void add_transposed(const T* __restrict__ g, const T* __restrict__ w,
-                           int64_t stride, int64_t size, int64_t n,
-                           T* __restrict__ out) {
-  for (int64_t k = 0; k < size; ++k) {
-    const T* row = w + k * stride;
-    T sum = T(0);
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; ++j) sum += g[j] * row[j];
-    out[k] += sum;
+inline void accumulate(const T* __restrict__ x, int64_t m, const T* __restrict__ w,
+                       int64_t stride, int64_t n, T* __restrict__ out) {
+  constexpr int64_t kLanes = 64 / sizeof(T);  // one 512-bit vector
+  int64_t j = 0;
+  for (; j + 4 * kLanes <= n; j += 4 * kLanes)
+    accumulate_block<T, 4 * kLanes>(x, m, w + j, stride, out + j);
+  for (; j + kLanes <= n; j += kLanes)
+    accumulate_block<T, kLanes>(x, m, w + j, stride, out + j);
+  for (; j < n; ++j) {
+    T sum = out[j];
+    for (int64_t i = 0; i < m; ++i) sum += x[i] * w[i * stride + j];
+    out[j] = sum;
   }
 }
 
@@ -148,10 +155,12 @@ void gru_forward_loop(const Shape& s, bool sigmoid_candidate, const T* start,
       const T* x = inputs + (b * s.columns + t) * W;
       T* gate = gates + (b * s.steps + t) * 2 * H;
       T* candidate = candidates + (b * s.steps + t) * H;
-      affine(x, hidden.data(), w, W, H, 2 * H, gate);
+      std::memcpy(gate, x, 2 * H * sizeof(T));
+      accumulate(hidden.data(), H, w, W, 2 * H, gate);
       sigmoid_(gate, 2 * H);
       for (int64_t k = 0; k < H; ++k) reset_hidden[k] = gate[H + k] * hidden[k];
-      affine(x + 2 * H, reset_hidden.data(), w + 2 * H, W, H, H, candidate);
+      std::memcpy(candidate, x + 2 * H, H * sizeof(T));
+      accumulate(reset_hidden.data(), H, w + 2 * H, W, H, candidate);
       activate_(candidate, H, sigmoid_candidate);
       for (int64_t k = 0; k < H; ++k) hidden[k] += gate[k] * (candidate[k] - hidden[k]);
       if (t + 1 < s.columns)
@@ -162,15 +171,16 @@ void gru_forward_loop(const Shape& s, bool sigmoid_candidate, const T* start,
 }
 
 // grad: on entry the gradient of each row's carry, on exit of its start.
+// weights_t: the recurrent matrices transposed, (k*H, H) per row.
 template <typename T>
-void gru_backward_loop(const Shape& s, const T* grad_states, const T* weights,
+void gru_backward_loop(const Shape& s, const T* grad_states, const T* weights_t,
                        const T* update_factor, const T* reset_factor,
                        const T* candidate_factor, const T* keep, const T* reset,
                        T* grad, T* grad_gates, T* grad_candidates) {
   const int64_t H = s.size, W = s.width;
   std::vector<T> reset_hidden(H), next(H);
   for (int64_t b = 0; b < s.rows; ++b) {
-    const T* w = weights + s.weight_offset(b);
+    const T* w_t = weights_t + s.weight_offset(b);
     T* g = grad + b * H;
     for (int64_t t = s.steps - 1; t >= 0; --t) {
       const int64_t at = (b * s.steps + t) * H;
@@ -178,14 +188,14 @@ void gru_backward_loop(const Shape& s, const T* grad_states, const T* weights,
       T* grad_gate = grad_gates + 2 * at;
       for (int64_t k = 0; k < H; ++k) grad_candidate[k] = g[k] * candidate_factor[at + k];
       std::fill(reset_hidden.begin(), reset_hidden.end(), T(0));
-      add_transposed(grad_candidate, w + 2 * H, W, H, H, reset_hidden.data());
+      accumulate(grad_candidate, H, w_t + 2 * H * H, H, H, reset_hidden.data());
       const T* after = grad_states + (b * s.columns + t) * H;
       for (int64_t k = 0; k < H; ++k) {
         grad_gate[k] = g[k] * update_factor[at + k];
         grad_gate[H + k] = reset_hidden[k] * reset_factor[at + k];
         next[k] = after[k] + g[k] * keep[at + k] + reset_hidden[k] * reset[at + k];
       }
-      add_transposed(grad_gate, w, W, H, 2 * H, next.data());
+      accumulate(grad_gate, 2 * H, w_t, H, H, next.data());
       std::memcpy(g, next.data(), H * sizeof(T));
     }
   }
@@ -202,7 +212,8 @@ void tanh_forward_loop(const Shape& s, const T* start, const T* inputs,
     std::memcpy(states + b * s.columns * H, hidden.data(), H * sizeof(T));
     for (int64_t t = 0; t < s.steps; ++t) {
       T* out = after + (b * s.steps + t) * H;
-      affine(inputs + (b * s.columns + t) * H, hidden.data(), w, H, H, H, out);
+      std::memcpy(out, inputs + (b * s.columns + t) * H, H * sizeof(T));
+      accumulate(hidden.data(), H, w, H, H, out);
       tanh_(out, H);
       std::memcpy(hidden.data(), out, H * sizeof(T));
       if (t + 1 < s.columns)
@@ -213,19 +224,19 @@ void tanh_forward_loop(const Shape& s, const T* start, const T* inputs,
 }
 
 template <typename T>
-void tanh_backward_loop(const Shape& s, const T* grad_states, const T* weights,
+void tanh_backward_loop(const Shape& s, const T* grad_states, const T* weights_t,
                         const T* derivative, T* grad, T* grad_pre) {
   const int64_t H = s.size;
   std::vector<T> next(H);
   for (int64_t b = 0; b < s.rows; ++b) {
-    const T* w = weights + s.weight_offset(b);
+    const T* w_t = weights_t + s.weight_offset(b);
     T* g = grad + b * H;
     for (int64_t t = s.steps - 1; t >= 0; --t) {
       const int64_t at = (b * s.steps + t) * H;
       T* pre = grad_pre + at;
       for (int64_t k = 0; k < H; ++k) pre[k] = g[k] * derivative[at + k];
       std::memcpy(next.data(), grad_states + (b * s.columns + t) * H, H * sizeof(T));
-      add_transposed(pre, w, H, H, H, next.data());
+      accumulate(pre, H, w_t, H, H, next.data());
       std::memcpy(g, next.data(), H * sizeof(T));
     }
   }
@@ -271,8 +282,11 @@ void check(const std::vector<torch::Tensor>& tensors, const torch::Tensor& like)
 
 // rows and columns from `sequence` (B, T, .): the inputs forward, the
 // states' gradient backward; size and width from the weights
+// rows and columns from `sequence` (B, T, .): the inputs forward, the
+// states' gradient backward; size H and width k*H from the weights, (H, k*H)
+// per row or shared, or their transposes (k*H, H) with `transposed`
 Shape shape_of(const torch::Tensor& sequence, const torch::Tensor& weights,
-               int64_t n_steps) {
+               int64_t n_steps, bool transposed = false) {
   TORCH_CHECK(sequence.dim() == 3 && (weights.dim() == 2 || weights.dim() == 3),
               "skcrnn recurrence: (B, T, .) sequences and 2-d or 3-d weights");
   Shape s;
@@ -280,8 +294,9 @@ Shape shape_of(const torch::Tensor& sequence, const torch::Tensor& weights,
   s.columns = sequence.size(1);
   s.steps = n_steps;
   s.shared = weights.dim() == 2;
-  s.size = weights.size(weights.dim() - 2);
-  s.width = weights.size(weights.dim() - 1);
+  const int64_t d = weights.dim();
+  s.size = weights.size(transposed ? d - 1 : d - 2);
+  s.width = weights.size(transposed ? d - 2 : d - 1);
   TORCH_CHECK(s.shared || weights.size(0) == s.rows,
               "skcrnn recurrence: one weight matrix per row expected");
   TORCH_CHECK(0 <= n_steps && n_steps <= s.columns, "skcrnn recurrence: bad n_steps");
@@ -327,15 +342,16 @@ std::vector<torch::Tensor> gru_forward(torch::Tensor start, torch::Tensor inputs
 
 // grad (B, H) holds the carry's gradient on entry; returns the start's
 // gradient (in grad), grad_gates (B, n, 2H) and grad_candidates (B, n, H).
+// weights_t: the recurrent matrices transposed, (B, 3H, H) or (3H, H).
 std::vector<torch::Tensor> gru_backward(torch::Tensor grad, torch::Tensor grad_states,
-                                        torch::Tensor weights,
+                                        torch::Tensor weights_t,
                                         torch::Tensor update_factor,
                                         torch::Tensor reset_factor,
                                         torch::Tensor candidate_factor,
                                         torch::Tensor keep, torch::Tensor reset) {
-  check({grad, grad_states, weights, update_factor, reset_factor, candidate_factor,
+  check({grad, grad_states, weights_t, update_factor, reset_factor, candidate_factor,
          keep, reset}, grad);
-  const Shape s = shape_of(grad_states, weights, update_factor.size(1));
+  const Shape s = shape_of(grad_states, weights_t, update_factor.size(1), true);
   check_carry(grad, s);
   TORCH_CHECK(s.width == 3 * s.size && grad_states.size(2) == s.size,
               "skcrnn recurrence: GRU weights (H, 3H) and states (B, T, H)");
@@ -345,7 +361,7 @@ std::vector<torch::Tensor> gru_backward(torch::Tensor grad, torch::Tensor grad_s
   auto grad_gates = torch::empty({s.rows, s.steps, 2 * s.size}, grad.options());
   auto grad_candidates = torch::empty({s.rows, s.steps, s.size}, grad.options());
   SKCRNN_DISPATCH(grad, gru_backward, s, grad_states.data_ptr<scalar_t>(),
-                  weights.data_ptr<scalar_t>(), update_factor.data_ptr<scalar_t>(),
+                  weights_t.data_ptr<scalar_t>(), update_factor.data_ptr<scalar_t>(),
                   reset_factor.data_ptr<scalar_t>(),
                   candidate_factor.data_ptr<scalar_t>(), keep.data_ptr<scalar_t>(),
                   reset.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
@@ -372,9 +388,10 @@ std::vector<torch::Tensor> tanh_forward(torch::Tensor start, torch::Tensor input
 
 // grad as in gru_backward; returns it and grad_pre (B, n, H).
 std::vector<torch::Tensor> tanh_backward(torch::Tensor grad, torch::Tensor grad_states,
-                                         torch::Tensor weights, torch::Tensor derivative) {
-  check({grad, grad_states, weights, derivative}, grad);
-  const Shape s = shape_of(grad_states, weights, derivative.size(1));
+                                         torch::Tensor weights_t,
+                                         torch::Tensor derivative) {
+  check({grad, grad_states, weights_t, derivative}, grad);
+  const Shape s = shape_of(grad_states, weights_t, derivative.size(1), true);
   check_carry(grad, s);
   TORCH_CHECK(s.width == s.size && grad_states.size(2) == s.size,
               "skcrnn recurrence: tanh weights (H, H) and states (B, T, H)");
@@ -382,7 +399,7 @@ std::vector<torch::Tensor> tanh_backward(torch::Tensor grad, torch::Tensor grad_
               "skcrnn recurrence: derivative of the wrong shape");
   auto grad_pre = torch::empty({s.rows, s.steps, s.size}, grad.options());
   SKCRNN_DISPATCH(grad, tanh_backward, s, grad_states.data_ptr<scalar_t>(),
-                  weights.data_ptr<scalar_t>(), derivative.data_ptr<scalar_t>(),
+                  weights_t.data_ptr<scalar_t>(), derivative.data_ptr<scalar_t>(),
                   grad.data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>());
   return {grad, grad_pre};
 }
