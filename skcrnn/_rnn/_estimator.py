@@ -180,6 +180,12 @@ class CollaborativeGRURecommender(BaseRecommender):
     Scoring runs in double precision from the float32 weights, so that a
     row's log-probability does not depend on the other rows of the call.
 
+    On a CPU, training runs the recurrence's step loops as compiled C++,
+    built the first time a fit needs them on a machine (about 25 s, then
+    cached; it needs a C++ compiler) and as torch operations in Python where
+    they cannot be built, with the same results to rounding. See the
+    "Training speed" page of the documentation.
+
     Examples
     --------
     >>> import pandas as pd

@@ -177,7 +177,7 @@ void gru_backward_loop(const Shape& s, const T* grad_states, const T* weights_t,
                        const T* update_factor, const T* reset_factor,
                        const T* candidate_factor, const T* keep, const T* reset,
                        T* grad, T* grad_gates, T* grad_candidates) {
-  const int64_t H = s.size, W = s.width;
+  const int64_t H = s.size;
   std::vector<T> reset_hidden(H), next(H);
   for (int64_t b = 0; b < s.rows; ++b) {
     const T* w_t = weights_t + s.weight_offset(b);
