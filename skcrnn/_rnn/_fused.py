@@ -344,13 +344,24 @@ ONEDNN = True
 
 
 def _onednn_linear():
-    """oneDNN's ``x @ w.T + b`` operator, or None where torch lacks it."""
+    """oneDNN's ``x @ w.T + b`` operator, or None where torch lacks it.
+
+    The operator is torch's own (its compiler fuses linear layers with it),
+    not a public API: it is checked once on a small product, so that a torch
+    whose operator is missing or changed falls back to torch's products.
+    """
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
-    except (AttributeError, RuntimeError):
+        operator = torch.ops.mkldnn._linear_pointwise.default
+        inputs, weight = torch.arange(6.0).reshape(2, 3), torch.ones(4, 3)
+        got = operator(inputs, weight.T.contiguous().T, torch.ones(4), "none",
+                       [None], "")
+        if not torch.equal(got, torch.addmm(torch.ones(4), inputs, weight.T)):
+            return None
+    except (AttributeError, RuntimeError, TypeError):
         return None
+    return operator
 
 
 _ONEDNN_LINEAR = _onednn_linear()
