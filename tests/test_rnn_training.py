@@ -246,3 +246,20 @@ def test_nan_validation_loss_in_every_epoch_stops_early(events, monkeypatch):
         model.fit(events)
     assert model.best_epoch_ is None and model.n_iter_ == 2
     assert model.refit_history_ is None
+
+
+def test_fit_loads_the_compiled_loops_before_the_first_epoch(monkeypatch, capsys):
+    """The build (a machine's first fit) is not counted in an epoch's seconds."""
+    from skcrnn._rnn import _native, _training
+    monkeypatch.setattr(_native, "_built", {})
+    seen = []
+    real_train = _training.train
+
+    def spy(*args, **kwargs):
+        seen.append(_native.ready())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("skcrnn._rnn._estimator.train", spy)
+    CollaborativeGRURecommender(**{**TINY, "verbose": 1}).fit(random_events())
+    assert seen and all(seen)
+    assert "compiled loops" in capsys.readouterr().out

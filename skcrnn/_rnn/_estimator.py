@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .. import _persistence
 from .._base import BaseRecommender
+from . import _native
 from ._batching import validation_sizes, window
 from ._checkpoint import Checkpoint, fingerprint
 from ._cells import CollaborativeRNN, forward_states, log_proba_from_states
@@ -265,6 +266,13 @@ class CollaborativeGRURecommender(BaseRecommender):
 
     def _fit_sequences(self, sequences):
         device = resolve_device(self.device)
+        if device.type == "cpu" and not _native.ready():
+            # built here, not inside the first epoch (whose seconds it would
+            # inflate); once per machine, then loaded from torch's cache
+            if self.verbose:
+                tqdm.write("loading the recurrence's compiled loops (built on a "
+                           "machine's first fit: about 25 s)")
+            _native.load()
         seeds = check_random_state(self.random_state).randint(0, 2 ** 31 - 1, size=2)
         checkpoint, record = self._open_checkpoint(sequences)
         if record is not None:

@@ -35,6 +35,11 @@ def load():
     return _built["module"]
 
 
+def ready():
+    """Whether :func:`load` has already been called (built, loaded or failed)."""
+    return "module" in _built
+
+
 def status():
     """How the recurrence runs here: ``"compiled"`` or ``"python (why)"``."""
     if not ENABLED:
