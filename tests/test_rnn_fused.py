@@ -34,6 +34,35 @@ def test_compiled_recurrence_builds_where_there_is_a_compiler():
     assert _native.status() == "compiled"
 
 
+def test_training_falls_back_to_python_loops_where_the_build_fails(monkeypatch):
+    """No compiler (here: a failing build): a warning-free fit on the Python loops."""
+    import warnings
+
+    import torch.utils.cpp_extension
+
+    from skcrnn import CollaborativeGRURecommender
+    from tests.conftest import TINY_RNN, random_events
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension 'skcrnn_recurrence'\nc++: not found")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+        patch.setattr(_native, "_built", {})
+        assert _native.load() is None
+        assert _native.status() == ("python (RuntimeError: Error building "
+                                    "extension 'skcrnn_recurrence')")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model = CollaborativeGRURecommender(**TINY_RNN).fit(random_events())
+    # the same fit on the compiled loops, where they build
+    monkeypatch.setattr(_native, "_built", {})
+    expected = CollaborativeGRURecommender(**TINY_RNN).fit(random_events())
+    np.testing.assert_allclose(model.score_samples(random_events(seed=1)),
+                               expected.score_samples(random_events(seed=1)),
+                               rtol=1e-4, atol=1e-5)
+
+
 def _inputs(cell, shared, n_rows=4, n_columns=5, size=3, seed=0):
     generator = torch.Generator().manual_seed(seed)
     width = (3 if cell == "gru" else 1) * size
