@@ -139,7 +139,8 @@ def chunk_losses(module, batch, chunk_size, initial_state, fused=None):
             user_weights = None
             weights = module.recurrent[0]
         else:
-            user_weights = module.recurrent.detach()[users].requires_grad_()
+            user_weights = module.recurrent.detach().index_select(0, users)
+            user_weights.requires_grad_()
             weights = user_weights
         # the last step of the last chunk would only feed a carry nobody reads
         n_steps = stop - start if stop < n_columns else stop - start - 1
@@ -291,7 +292,9 @@ class Optimizer:
     def _update(self, param, state, rows, grad, name):
         """Update ``param`` (or only its ``rows``) from ``grad`` (of those rows)."""
         def read(tensor):
-            return tensor if rows is None else tensor[rows]
+            # index_select / index_copy_: cheaper than advanced indexing, and
+            # the rows (a chunk's users) are distinct
+            return tensor if rows is None else tensor.index_select(0, rows)
 
         mean_square = read(state["mean_square"])
         if self.name == "rmsprop":
@@ -315,13 +318,13 @@ class Optimizer:
             if rows is None:
                 state["step"].copy_(step)
             else:
-                state["step"][rows] = step
-                state["mean"][rows] = mean
+                state["step"].index_copy_(0, rows, step)
+                state["mean"].index_copy_(0, rows, mean)
         if rows is None:
             param.sub_(update, alpha=self.learning_rate)
         else:
-            state["mean_square"][rows] = mean_square
-            param[rows] = param[rows] - self.learning_rate * update
+            state["mean_square"].index_copy_(0, rows, mean_square)
+            param.index_copy_(0, rows, read(param) - self.learning_rate * update)
 
 
 @dataclass
