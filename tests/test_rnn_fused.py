@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -18,20 +19,78 @@ CELLS = {"gru-tanh": ("gru", "tanh"), "gru-sigmoid": ("gru", "sigmoid"),
          "tanh": ("tanh", "tanh")}
 
 
+class _CountingLoops:
+    """The compiled module, counting the calls of its loops."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, 0
+
+    def __getattr__(self, name):
+        function = getattr(self.module, name)
+
+        def counted(*args):
+            self.calls += 1
+            return function(*args)
+        return counted
+
+
 @pytest.fixture(params=["compiled", "python"])
 def loops(request, monkeypatch):
-    """Run the recurrence's loops compiled (``_native``) or in Python."""
+    """Run the recurrence's loops compiled (``_native``) or in Python.
+
+    With the compiled ones, the test fails unless they actually ran.
+    """
     monkeypatch.setattr(_native, "ENABLED", request.param == "compiled")
-    if request.param == "compiled" and _native.load() is None:
+    if request.param == "python":
+        yield request.param
+        return
+    module = _native.load()
+    if module is None:
         pytest.skip(f"no compiled recurrence here: {_native.status()}")
-    return request.param
+    counting = _CountingLoops(module)
+    monkeypatch.setattr(_native, "load", lambda: counting)
+    yield request.param
+    assert counting.calls > 0, "the compiled loops did not run"
 
 
-def test_compiled_recurrence_builds_where_there_is_a_compiler():
+def test_compiled_recurrence_builds_where_there_is_a_compiler(monkeypatch):
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         pytest.skip("no C++ compiler: training runs the Python loops")
+    monkeypatch.setattr(_native, "ENABLED", True)
     assert _native.load() is not None, _native.status()
     assert _native.status() == "compiled"
+
+
+@pytest.mark.parametrize("message", ["", "Error building extension\nc++: not found"])
+def test_a_failed_build_is_reported_not_raised(monkeypatch, message):
+    import torch.utils.cpp_extension
+
+    def failing(**kwargs):
+        raise OSError(message) if message else OSError()
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", failing)
+    monkeypatch.setattr(_native, "ENABLED", True)
+    monkeypatch.setattr(_native, "_built", {})
+    assert _native.load() is None
+    assert _native.status() == ("python (OSError: Error building extension)"
+                                if message else "python (OSError)")
+    assert _native.ready()
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    """torch's builder waits forever on the lock of a build that was killed."""
+    import torch.utils.cpp_extension
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "_get_build_directory",
+                        lambda name, verbose: str(tmp_path))
+    lock = tmp_path / "lock"
+    lock.touch()
+    _native._remove_stale_lock(torch.utils.cpp_extension)
+    assert lock.exists()  # a build in progress
+    old = time.time() - _native.STALE_LOCK_SECONDS - 1
+    os.utime(lock, (old, old))
+    _native._remove_stale_lock(torch.utils.cpp_extension)
+    assert not lock.exists()
 
 
 def test_training_falls_back_to_python_loops_where_the_build_fails(monkeypatch):
@@ -46,6 +105,7 @@ def test_training_falls_back_to_python_loops_where_the_build_fails(monkeypatch):
     def no_compiler(**kwargs):
         raise RuntimeError("Error building extension 'skcrnn_recurrence'\nc++: not found")
 
+    monkeypatch.setattr(_native, "ENABLED", True)
     with monkeypatch.context() as patch:
         patch.setattr(torch.utils.cpp_extension, "load", no_compiler)
         patch.setattr(_native, "_built", {})
@@ -172,6 +232,67 @@ def test_single_precision_chunk_states_match_double(cell, shared, scale, loops):
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("size", [1, 17, 33, 48])
+@pytest.mark.parametrize("shared", [False, True], ids=["per-user", "shared"])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("n_steps", [6, 5])
+def test_compiled_loops_match_python_loops_at_every_width(cell, shared, size, dtype,
+                                                         n_steps, monkeypatch):
+    """Hidden sizes that take the compiled products' wide, narrow and scalar paths."""
+    cell, candidate = CELLS[cell]
+    tensors = [t.detach().to(dtype).requires_grad_()
+               for t in _inputs(cell, shared, n_rows=3, n_columns=6, size=size, seed=7)]
+    generator = torch.Generator().manual_seed(3)
+    state_weights = torch.randn(3, 6, size, generator=generator, dtype=dtype)
+
+    def run(enabled):
+        monkeypatch.setattr(_native, "ENABLED", enabled)
+        states, final = chunk_states(*tensors, cell, candidate, n_steps)
+        loss = (states * state_weights).sum() + (final * final).sum()
+        return (states, final) + torch.autograd.grad(loss, tensors)
+
+    monkeypatch.setattr(_native, "ENABLED", True)
+    if _native.load() is None:
+        pytest.skip(f"no compiled recurrence here: {_native.status()}")
+    compiled, python = run(True), run(False)
+    tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    names = ("states", "final", "start", "inputs", "weights")
+    for got, expected, name in zip(compiled, python, names):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance,
+                                   msg=name)
+
+
+def test_chunk_states_refuse_a_chunk_without_columns():
+    tensors = _inputs("gru", False, n_columns=0)
+    with pytest.raises(ValueError, match="T >= 1"):
+        chunk_states(*tensors, "gru", "tanh", 0)
+
+
+def test_compiled_loops_refuse_inconsistent_shapes(monkeypatch):
+    monkeypatch.setattr(_native, "ENABLED", True)
+    native = _native.load()
+    if native is None:
+        pytest.skip(f"no compiled recurrence here: {_native.status()}")
+    start, inputs, weights = (t.detach() for t in _inputs("gru", False, n_rows=3))
+    with pytest.raises(RuntimeError, match="start states"):
+        native.gru_forward(start[:1].contiguous(), inputs, weights, False, 5)
+    with pytest.raises(RuntimeError, match="n_steps"):
+        native.gru_forward(start, inputs, weights, False, 3)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        native.gru_forward(start, inputs.transpose(0, 1), weights, False, 5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "tanh"])
+@pytest.mark.parametrize("n_steps", [5, 4])
+def test_a_non_contiguous_carry_gradient_is_accepted(cell, n_steps, loops):
+    tensors = _inputs(cell, False, n_rows=4, n_columns=5, size=3)
+    states, final = chunk_states(*tensors, cell, "tanh", n_steps)
+    other = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad((final.T * other).sum() + states.sum(), tensors)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
 def _output_problem(n_rows=37, n_items=11, size=4, scale=1.0, seed=0):
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n_rows, size, generator=generator, dtype=torch.float64)
@@ -210,8 +331,11 @@ def test_single_precision_cross_entropy_matches_double(onednn, monkeypatch):
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_summed_cross_entropy_of_no_rows_is_zero():
-    hidden, weight, bias, targets = _output_problem(n_rows=0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_summed_cross_entropy_of_no_rows_is_zero(dtype):
+    hidden, weight, bias, targets = (
+        t.detach().to(dtype).requires_grad_() if t.is_floating_point() else t
+        for t in _output_problem(n_rows=0))
     got = summed_cross_entropy(hidden, weight, bias, targets)
     assert got.item() == 0
     grads = torch.autograd.grad(got, (hidden, weight, bias))
@@ -221,12 +345,15 @@ def test_summed_cross_entropy_of_no_rows_is_zero():
 
 @pytest.mark.parametrize("shape", [(5, 3, 4), (130, 33, 7), (1, 1, 1)])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_linear_matches_addmm_in_single_precision(shape, transposed):
+@pytest.mark.parametrize("strided_bias", [False, True])
+def test_linear_matches_addmm_in_single_precision(shape, transposed, strided_bias):
     n, m, k = shape
     generator = torch.Generator().manual_seed(1)
     inputs = torch.randn(n, k, generator=generator)
     weight = torch.randn(m, k, generator=generator)
     bias = torch.randn(m, generator=generator)
+    if strided_bias:  # every other element of a longer vector
+        bias = torch.randn(2 * m, generator=generator)[::2]
     if transposed:  # a transposed view, as the weight's gradient uses
         weight = torch.randn(k, m, generator=generator).T
     expected = inputs.double() @ weight.double().T + bias.double()

@@ -251,6 +251,7 @@ def test_nan_validation_loss_in_every_epoch_stops_early(events, monkeypatch):
 def test_fit_loads_the_compiled_loops_before_the_first_epoch(monkeypatch, capsys):
     """The build (a machine's first fit) is not counted in an epoch's seconds."""
     from skcrnn._rnn import _native, _training
+    monkeypatch.setattr(_native, "ENABLED", True)
     monkeypatch.setattr(_native, "_built", {})
     seen = []
     real_train = _training.train

@@ -36,6 +36,7 @@ import threading
 from contextlib import contextmanager
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import _native
 from ._cells import _affine
@@ -112,9 +113,9 @@ def chunk_states(start, inputs, weights, cell, candidate, n_steps):
     final : Tensor of shape (B, H)
         The state after ``n_steps`` steps (the carry into the next chunk).
     """
-    if not inputs.shape[1] - 1 <= n_steps <= inputs.shape[1]:
-        raise ValueError(f"n_steps must be T or T - 1 (T = {inputs.shape[1]}); "
-                         f"got {n_steps}.")
+    if inputs.shape[1] < 1 or not inputs.shape[1] - 1 <= n_steps <= inputs.shape[1]:
+        raise ValueError(f"n_steps must be T or T - 1, with T >= 1 (T = "
+                         f"{inputs.shape[1]}); got {n_steps}.")
     return _ChunkRecurrence.apply(start, inputs, weights, cell, candidate, n_steps)
 
 
@@ -141,6 +142,7 @@ class _ChunkRecurrence(torch.autograd.Function):
                                              candidate, n_steps)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_states, grad_final):
         with _one_cpu_thread(ctx.saved_tensors[0]):
             return _ChunkRecurrence._backward(ctx, grad_states, grad_final)
@@ -194,7 +196,8 @@ class _ChunkRecurrence(torch.autograd.Function):
             before, derivative = saved
             if native is not None:
                 grad, grad_pre = native.tanh_backward(
-                    grad.squeeze(1).clone(), grad_states.contiguous(),
+                    grad.squeeze(1).clone(memory_format=torch.contiguous_format),
+                    grad_states.contiguous(),
                     weights.transpose(-1, -2).contiguous(), derivative)
             else:
                 grad, grad_pre = _tanh_backward(grad, grad_states, weights, derivative)
@@ -219,7 +222,8 @@ class _ChunkRecurrence(torch.autograd.Function):
         if native is not None:
             # (the loops write the start's gradient over their first argument)
             grad, grad_gates, grad_candidates = native.gru_backward(
-                grad.squeeze(1).clone(), grad_states.contiguous(),
+                grad.squeeze(1).clone(memory_format=torch.contiguous_format),
+                grad_states.contiguous(),
                 weights.transpose(-1, -2).contiguous(), *factors)
         else:
             grad, grad_gates, grad_candidates = _gru_backward(
@@ -376,6 +380,8 @@ def linear(inputs, weight, bias=None):
     """
     if (ONEDNN and _ONEDNN_LINEAR is not None and inputs.device.type == "cpu"
             and inputs.dtype == torch.float32 and weight.dtype == torch.float32):
+        # (oneDNN reads the bias as dense: a strided one would be misread)
+        bias = None if bias is None else bias.contiguous()
         return _ONEDNN_LINEAR(inputs.contiguous(), weight, bias, "none", [None], "")
     if bias is None:
         return inputs @ weight.T
@@ -420,6 +426,10 @@ class _SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, block_cells):
         n_rows, size = hidden.shape
+        if n_rows == 0:  # (a product with no rows is refused by oneDNN)
+            ctx.save_for_backward(torch.zeros_like(hidden), torch.zeros_like(weight),
+                                  torch.zeros_like(bias))
+            return hidden.new_zeros(())
         rows = _block_rows(n_rows, weight.shape[0], block_cells)
         gradients = any(ctx.needs_input_grad[:3])
         nll = hidden.new_empty(n_rows, 1)
@@ -454,13 +464,12 @@ class _SummedCrossEntropy(torch.autograd.Function):
                 else:
                     grad_both_t.add_(product)
         if gradients:
-            if grad_both_t is None:  # no rows
-                grad_both_t = hidden.new_zeros(size + 1, weight.shape[0])
             ctx.save_for_backward(grad_hidden, grad_both_t[:size].T,
                                   grad_both_t[size])
         return nll.sum()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_total):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         # the weight's gradient is a transposed view: scaled into a row-major

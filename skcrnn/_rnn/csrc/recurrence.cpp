@@ -299,8 +299,22 @@ Shape shape_of(const torch::Tensor& sequence, const torch::Tensor& weights,
   s.width = weights.size(transposed ? d - 2 : d - 1);
   TORCH_CHECK(s.shared || weights.size(0) == s.rows,
               "skcrnn recurrence: one weight matrix per row expected");
-  TORCH_CHECK(0 <= n_steps && n_steps <= s.columns, "skcrnn recurrence: bad n_steps");
+  TORCH_CHECK(s.columns >= 1 && s.columns - 1 <= n_steps && n_steps <= s.columns,
+              "skcrnn recurrence: n_steps must be T or T - 1, with T >= 1");
   return s;
+}
+
+// a (rows, steps, width) tensor
+void check_steps(const torch::Tensor& t, const Shape& s, int64_t width,
+                 const char* what) {
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == s.rows && t.size(1) == s.steps &&
+                  t.size(2) == width,
+              "skcrnn recurrence: ", what, " of the wrong shape");
+}
+
+void check_start(const torch::Tensor& start, const Shape& s) {
+  TORCH_CHECK(start.dim() == 2 && start.size(0) == s.rows && start.size(1) == s.size,
+              "skcrnn recurrence: the start states are (B, H)");
 }
 
 void check_carry(const torch::Tensor& grad, const Shape& s) {
@@ -328,6 +342,7 @@ std::vector<torch::Tensor> gru_forward(torch::Tensor start, torch::Tensor inputs
   const Shape s = shape_of(inputs, weights, n_steps);
   TORCH_CHECK(s.width == 3 * s.size && inputs.size(2) == s.width,
               "skcrnn recurrence: GRU weights (H, 3H) and inputs (B, T, 3H)");
+  check_start(start, s);
   auto states = torch::empty({s.rows, s.columns, s.size}, inputs.options());
   auto final = torch::empty({s.rows, s.size}, inputs.options());
   auto gates = torch::empty({s.rows, n_steps, 2 * s.size}, inputs.options());
@@ -356,8 +371,7 @@ std::vector<torch::Tensor> gru_backward(torch::Tensor grad, torch::Tensor grad_s
   TORCH_CHECK(s.width == 3 * s.size && grad_states.size(2) == s.size,
               "skcrnn recurrence: GRU weights (H, 3H) and states (B, T, H)");
   for (const auto& factor : {update_factor, reset_factor, candidate_factor, keep, reset})
-    TORCH_CHECK(factor.size(0) == s.rows && factor.size(2) == s.size,
-                "skcrnn recurrence: backward factors of the wrong shape");
+    check_steps(factor, s, s.size, "backward factors");
   auto grad_gates = torch::empty({s.rows, s.steps, 2 * s.size}, grad.options());
   auto grad_candidates = torch::empty({s.rows, s.steps, s.size}, grad.options());
   SKCRNN_DISPATCH(grad, gru_backward, s, grad_states.data_ptr<scalar_t>(),
@@ -376,6 +390,7 @@ std::vector<torch::Tensor> tanh_forward(torch::Tensor start, torch::Tensor input
   const Shape s = shape_of(inputs, weights, n_steps);
   TORCH_CHECK(s.width == s.size && inputs.size(2) == s.width,
               "skcrnn recurrence: tanh weights (H, H) and inputs (B, T, H)");
+  check_start(start, s);
   auto states = torch::empty({s.rows, s.columns, s.size}, inputs.options());
   auto final = torch::empty({s.rows, s.size}, inputs.options());
   auto after = torch::empty({s.rows, n_steps, s.size}, inputs.options());
@@ -395,8 +410,7 @@ std::vector<torch::Tensor> tanh_backward(torch::Tensor grad, torch::Tensor grad_
   check_carry(grad, s);
   TORCH_CHECK(s.width == s.size && grad_states.size(2) == s.size,
               "skcrnn recurrence: tanh weights (H, H) and states (B, T, H)");
-  TORCH_CHECK(derivative.size(0) == s.rows && derivative.size(2) == s.size,
-              "skcrnn recurrence: derivative of the wrong shape");
+  check_steps(derivative, s, s.size, "derivative");
   auto grad_pre = torch::empty({s.rows, s.steps, s.size}, grad.options());
   SKCRNN_DISPATCH(grad, tanh_backward, s, grad_states.data_ptr<scalar_t>(),
                   weights_t.data_ptr<scalar_t>(), derivative.data_ptr<scalar_t>(),
