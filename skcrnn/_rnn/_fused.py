@@ -192,13 +192,17 @@ class _ChunkRecurrence(torch.autograd.Function):
             return (grad.squeeze(1), weights.new_zeros(n_rows, n_columns, width),
                     torch.zeros_like(weights), None, None, None)
         native = _native_loops(grad)
+        if native is not None:
+            # the loops write the start's gradient over the carry's (a copy),
+            # and read the recurrent matrices transposed
+            carry = grad.squeeze(1).clone(memory_format=torch.contiguous_format)
+            weights_t = weights.transpose(-1, -2).contiguous()
+            grad_states = grad_states.contiguous()
         if cell == "tanh":
             before, derivative = saved
             if native is not None:
-                grad, grad_pre = native.tanh_backward(
-                    grad.squeeze(1).clone(memory_format=torch.contiguous_format),
-                    grad_states.contiguous(),
-                    weights.transpose(-1, -2).contiguous(), derivative)
+                grad, grad_pre = native.tanh_backward(carry, grad_states, weights_t,
+                                                      derivative)
             else:
                 grad, grad_pre = _tanh_backward(grad, grad_states, weights, derivative)
             grad_weights = _outer_sum(before, grad_pre, shared)
@@ -220,11 +224,8 @@ class _ChunkRecurrence(torch.autograd.Function):
         factors = (update_factor, reset_factor, candidate_factor, 1 - update,
                    reset.contiguous())
         if native is not None:
-            # (the loops write the start's gradient over their first argument)
             grad, grad_gates, grad_candidates = native.gru_backward(
-                grad.squeeze(1).clone(memory_format=torch.contiguous_format),
-                grad_states.contiguous(),
-                weights.transpose(-1, -2).contiguous(), *factors)
+                carry, grad_states, weights_t, *factors)
         else:
             grad, grad_gates, grad_candidates = _gru_backward(
                 grad, grad_states, *_split_gru(weights, size), *factors)

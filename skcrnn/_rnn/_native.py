@@ -38,9 +38,11 @@ def load():
     """The compiled module, built on first call; None where it cannot be."""
     if not ENABLED:
         return None
-    with _lock:
-        if "module" not in _built:
-            _built["module"], _built["error"] = _build()
+    if "module" not in _built:  # (called twice a chunk: no lock once built)
+        with _lock:
+            if "module" not in _built:
+                module, _built["error"] = _build()
+                _built["module"] = module  # last: it marks the build as done
     return _built["module"]
 
 

@@ -14,7 +14,6 @@
 #include <torch/extension.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -205,21 +204,20 @@ template <typename T>
 void tanh_forward_loop(const Shape& s, const T* start, const T* inputs,
                        const T* weights, T* states, T* final, T* after) {
   const int64_t H = s.size;
-  std::vector<T> hidden(H);
   for (int64_t b = 0; b < s.rows; ++b) {
     const T* w = weights + s.weight_offset(b);
-    std::memcpy(hidden.data(), start + b * H, H * sizeof(T));
-    std::memcpy(states + b * s.columns * H, hidden.data(), H * sizeof(T));
+    const T* hidden = start + b * H;  // then the row of `after` just written
+    std::memcpy(states + b * s.columns * H, hidden, H * sizeof(T));
     for (int64_t t = 0; t < s.steps; ++t) {
       T* out = after + (b * s.steps + t) * H;
       std::memcpy(out, inputs + (b * s.columns + t) * H, H * sizeof(T));
-      accumulate(hidden.data(), H, w, H, H, out);
+      accumulate(hidden, H, w, H, H, out);
       tanh_(out, H);
-      std::memcpy(hidden.data(), out, H * sizeof(T));
+      hidden = out;
       if (t + 1 < s.columns)
         std::memcpy(states + (b * s.columns + t + 1) * H, out, H * sizeof(T));
     }
-    std::memcpy(final + b * H, hidden.data(), H * sizeof(T));
+    std::memcpy(final + b * H, hidden, H * sizeof(T));
   }
 }
 
