@@ -349,7 +349,8 @@ def test_lastfm_missing_member(tmp_path, server, monkeypatch):
      "hard link"),
     (lambda root: lastfm_archive(link_member("lastfm-dataset-1K/dev", "",
                                              tarfile.CHRTYPE)), "character device"),
-    (lambda root: tar_gz([link_member(TSV_MEMBER, "README.txt")]),
+    (lambda root: tar_gz([link_member(TSV_MEMBER, "README.txt")]), "symbolic link"),
+    (lambda root: tar_gz([link_member(TSV_MEMBER, "", tarfile.DIRTYPE)]),
      "should be a regular file"),
 ])
 def test_unsafe_archives_are_refused(tmp_path, server, monkeypatch, make_archive,
@@ -372,12 +373,70 @@ def test_member_safety_rules():
         return info
 
     check(member("./lastfm-dataset-1K/data.tsv"), "a.tar")
-    check(member("a/b/link", tarfile.SYMTYPE, "../c"), "a.tar")  # stays inside
-    check(member("a/hard", tarfile.LNKTYPE, "a/data.tsv"), "a.tar")
+    check(member("lastfm-dataset-1K", tarfile.DIRTYPE), "a.tar")
     for bad in (member("a/../../b"), member("/abs"), member("C:/windows"),
                 member("a\\..\\..\\b"), member("link", tarfile.SYMTYPE, "../x"),
                 member("a/link", tarfile.SYMTYPE, "/x"),
                 member("hard", tarfile.LNKTYPE, "../../x"),
+                member("a/b/link", tarfile.SYMTYPE, "../c"),  # inside, still a link
+                member("a/hard", tarfile.LNKTYPE, "a/data.tsv"),
                 member("fifo", tarfile.FIFOTYPE)):
-        with pytest.raises(ValueError, match="Refusing"):
+        with pytest.raises(ValueError, match="Refusing the archive a.tar"):
             check(bad, "a.tar")
+
+
+# ------------------------------------------------------- hostile conditions
+def genuine_lastfm(monkeypatch, server, archive):
+    """Serve ``archive`` as Last.fm's, with the genuine log's MD5 published."""
+    register(monkeypatch, "lastfm_1k", url=server.serve("/l.tar.gz", archive),
+             member_md5=hashlib.md5(LASTFM_TEXT.encode()).hexdigest())
+
+
+def tampered_log():
+    return file_member(TSV_MEMBER, LASTFM_TEXT.replace("Artist", "Evil").encode())
+
+
+@pytest.mark.parametrize("archive", [
+    # the genuine copy last: its MD5 is the published one
+    lastfm_archive(extra_before=[tampered_log()]),
+    lastfm_archive(tampered_log()),
+    lastfm_archive(file_member("./" + TSV_MEMBER, b"x\n")),
+    lastfm_archive(file_member("lastfm-dataset-1K//README.txt", b"x\n")),
+], ids=["tampered-first", "tampered-last", "dot-slash", "other-member"])
+def test_duplicate_members_are_refused(tmp_path, server, monkeypatch, archive):
+    genuine_lastfm(monkeypatch, server, archive)
+    with pytest.raises(ValueError, match=r"lastfm-dataset-1K\.tar\.gz .* twice"):
+        fetch_lastfm_1k(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("link, problem", [
+    (link_member("lastfm-dataset-1K/latest.tsv", TSV_NAME), "symbolic link"),
+    (link_member("lastfm-dataset-1K/copy.tsv", TSV_MEMBER, tarfile.LNKTYPE),
+     "hard link"),
+])
+def test_links_are_refused_even_inside_the_archive(tmp_path, server, monkeypatch,
+                                                   link, problem):
+    genuine_lastfm(monkeypatch, server, lastfm_archive(link))
+    with pytest.raises(ValueError, match=rf"lastfm-dataset-1K\.tar\.gz.*{problem}"):
+        fetch_lastfm_1k(tmp_path)
+    assert cached_files(tmp_path) == []
+
+
+def test_archive_changed_after_its_download_is_refused(tmp_path, server,
+                                                       monkeypatch):
+    archive = lastfm_archive()
+    register(monkeypatch, "lastfm_1k", url=server.serve("/l.tar.gz", archive),
+             sha256=sha256(archive))
+    download = _fetch._download_verified
+
+    def download_then_swap(remote, target):
+        result = download(remote, target)
+        (part,) = target.parent.glob("*.part")
+        part.write_bytes(tar_gz([tampered_log()]))
+        return result
+
+    monkeypatch.setattr(_fetch, "_download_verified", download_then_swap)
+    with pytest.raises(OSError, match="changed since its download"):
+        fetch_lastfm_1k(tmp_path)
+    assert cached_files(tmp_path) == []

@@ -1,10 +1,14 @@
 """Download, verify and cache the paper's data sets.
 
-A download goes to a temporary file next to its final place in the cache; it
-is checked (length, SHA-256 when pinned, full gzip/tar integrity, the
-publisher's MD5 of an extracted member when known), flushed to disk, and only
-then renamed into place with :func:`os.replace`. A file in the cache is
-therefore always complete, and a later call reads it without any network.
+A download goes to a temporary file (``.*.part``) next to its final place in
+the cache; it is checked (length, SHA-256 when pinned, full gzip/tar
+integrity, the publisher's MD5 of an extracted member when known), flushed to
+disk, and only then renamed into place with :func:`os.replace`. A file in the
+cache is therefore always complete, and a later call reads it without any
+network. The checks apply to the very bytes used: the downloaded file is
+hashed again as it is decompressed, and an MD5 covers every byte written to
+the extracted file, from an archive whose members are plain files and folders
+inside it, each listed once.
 """
 
 import gzip
@@ -105,8 +109,8 @@ def fetch_brightkite(data_home=None, *, download_if_missing=True, url=None,
     OSError
         If the download fails (the machine may be offline; the message says
         where to place a manually downloaded file), is truncated, is not a
-        valid gzip file, or does not match its pinned checksum. Nothing is
-        left in the cache then.
+        valid gzip file, does not match its pinned checksum, or changed on
+        disk before it was used. Nothing is left in the cache then.
 
     Warns
     -----
@@ -162,11 +166,12 @@ def fetch_lastfm_1k(data_home=None, *, download_if_missing=True, url=None,
     OSError
         If the download fails (the machine may be offline; the message says
         where to place a manually extracted file), is truncated, is not a
-        valid gzip'd tar archive, or a checksum does not match. Nothing is
-        left in the cache then.
+        valid gzip'd tar archive, a checksum does not match, or the archive
+        changed on disk before it was used. Nothing is left in the cache then.
     ValueError
-        If the archive has an unsafe member (absolute path, ``..``, a link
-        leaving the archive, a device) or lacks the log.
+        If the archive has a member that is not a plain file or folder (a
+        link, a device), one with an absolute path or a ``..``, a member listed
+        twice, or no log. Nothing is left in the cache then.
 
     Warns
     -----
@@ -220,19 +225,19 @@ def _manual_hint(remote, target):
 
 
 def _download_gzip_file(remote, target):
-    archive = _download_verified(remote, target)
+    download = _download_verified(remote, target)
     try:
-        _check_gzip(archive, remote)
+        _check_gzip(download, remote)
         _warn_if_unpinned(remote, "its gzip integrity")
-        _move_into_place(archive, target)
+        _move_into_place(download.path, target)
     finally:
-        _remove_quietly(archive)
+        _remove_quietly(download.path)
 
 
 def _download_tar_member(remote, target):
-    archive = _download_verified(remote, target)
+    download = _download_verified(remote, target)
     try:
-        member = _extract_member(archive, remote, target.parent)
+        member = _extract_member(download, remote, target.parent)
         try:
             _check_member_md5(member, remote)
             verified = ("the gzip and tar integrity of the archive and the "
@@ -244,7 +249,7 @@ def _download_tar_member(remote, target):
         finally:
             _remove_quietly(member.path)
     finally:
-        _remove_quietly(archive)
+        _remove_quietly(download.path)
 
 
 def _move_into_place(temporary, target):
@@ -262,10 +267,18 @@ def _warn_if_unpinned(remote, what_was_checked):
 
 
 # --------------------------------------------------------------- download
+@dataclass(frozen=True)
+class _Download:
+    """A downloaded temporary file and the SHA-256 of the bytes that arrived."""
+
+    path: Path
+    sha256: str
+
+
 def _download_verified(remote, target):
     """Download ``remote`` to a temporary file beside ``target``; check it.
 
-    Returns the temporary file's path; the caller moves or removes it.
+    Returns a :class:`_Download`; the caller moves or removes its file.
     """
     fd, temporary = tempfile.mkstemp(
         dir=target.parent, prefix=f".{remote.filename}.", suffix=".part")
@@ -279,7 +292,7 @@ def _download_verified(remote, target):
     except BaseException:
         _remove_quietly(temporary)
         raise
-    return temporary
+    return _Download(temporary, digest)
 
 
 def _stream_to(remote, target, out):
@@ -342,12 +355,10 @@ def _check_size_and_sha256(remote, digest, size):
             f"upstream. Nothing was cached.")
 
 
-def _check_gzip(path, remote):
-    """Decompress all of ``path``, which checks its CRC and length."""
+def _check_gzip(download, remote):
+    """Decompress all of the download, which checks its CRC and length."""
     try:
-        with _gzip_reader(path) as stream:
-            while stream.read(_CHUNK):
-                pass
+        _read_gzip(download, remote, lambda stream: None)
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise OSError(
             f"The download of {remote.url} is not a valid gzip file ({error}); "
@@ -355,8 +366,40 @@ def _check_gzip(path, remote):
         ) from error
 
 
-def _gzip_reader(path):
-    return gzip.open(path, "rb")
+def _read_gzip(download, remote, consume):
+    """Return ``consume(stream)`` of the decompressed download, read to its end.
+
+    Reading to the end checks the gzip CRC and length. The compressed bytes
+    read are hashed as well: they must be those that arrived and were
+    checked, not a file changed on disk since.
+    """
+    with open(download.path, "rb") as raw:
+        hashed = _HashingReader(raw)
+        with gzip.GzipFile(fileobj=hashed, mode="rb") as stream:
+            result = consume(stream)
+            while stream.read(_CHUNK):
+                pass
+        while hashed.read(_CHUNK):
+            pass
+    if hashed.sha256.hexdigest() != download.sha256:
+        raise OSError(
+            f"The file downloaded from {remote.url} changed since its download "
+            f"(its SHA-256 is no longer {download.sha256}); something else "
+            f"wrote to {str(download.path)!r}. Nothing was cached.")
+    return result
+
+
+class _HashingReader:
+    """A binary file opened for reading whose reads update a SHA-256."""
+
+    def __init__(self, file):
+        self._file = file
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self._file.read(size)
+        self.sha256.update(data)
+        return data
 
 
 # ---------------------------------------------------------------- archives
@@ -366,20 +409,21 @@ class _Extracted:
     md5: str
 
 
-def _extract_member(archive, remote, folder):
+def _extract_member(download, remote, folder):
     """Extract ``remote.member`` of a gzip'd tar to a temporary file in ``folder``.
 
     Reads the archive as a stream, once: every member is checked for safety
-    (the whole archive is refused if one is unsafe) and the gzip stream is
-    read to its end so that its CRC is checked. Only the wanted member is
-    written, under a name chosen here, never one taken from the archive.
+    and listed once at most (the whole archive is refused otherwise) and the
+    gzip stream is read to its end so that its CRC is checked. Only the
+    wanted member is written, under a name chosen here, never one taken from
+    the archive.
     """
     fd, temporary = tempfile.mkstemp(
         dir=folder, prefix=f".{remote.cached_name}.", suffix=".part")
     temporary = Path(temporary)
     try:
         with os.fdopen(fd, "wb") as out:
-            md5 = _copy_member(archive, remote, out)
+            md5 = _copy_member(download, remote, out)
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
@@ -388,40 +432,51 @@ def _extract_member(archive, remote, folder):
     return _Extracted(temporary, md5)
 
 
-def _copy_member(archive, remote, out):
-    found = None
+def _copy_member(download, remote, out):
+    """Copy ``remote.member`` of the downloaded archive to ``out``; its MD5."""
     try:
-        with _gzip_reader(archive) as stream:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for info in tar:
-                    _check_member_is_safe(info, archive)
-                    if _normalized(info.name) == _normalized(remote.member):
-                        found = _copy_regular_file(tar, info, out)
-            while stream.read(_CHUNK):  # to the end, for the gzip CRC check
-                pass
+        return _read_gzip(download, remote,
+                          lambda stream: _copy_from_tar(stream, remote, out))
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise OSError(
             f"The download of {remote.url} is not a valid gzip'd tar archive "
             f"({error}); it is probably truncated or corrupted. Nothing was "
             f"cached.") from error
-    if found is None:
+
+
+def _copy_from_tar(stream, remote, out):
+    """Check every member of the tar ``stream``; copy the wanted one to ``out``.
+
+    Returns the MD5 of all the bytes written to ``out``.
+    """
+    archive = f"{remote.filename} downloaded from {remote.url}"
+    wanted = _normalized(remote.member)
+    seen, found = set(), False
+    md5 = hashlib.md5(usedforsecurity=False)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for info in tar:
+            _check_member_is_safe(info, archive)
+            _check_member_is_new(info, seen, archive)
+            if _normalized(info.name) == wanted:
+                _copy_regular_file(tar, info, out, md5, archive)
+                found = True
+    if not found:
         raise ValueError(
-            f"The archive downloaded from {remote.url} has no member "
-            f"{remote.member!r}. Nothing was cached.")
-    return found
+            f"The archive {archive} has no member {remote.member!r}. Nothing "
+            f"was cached.")
+    return md5.hexdigest()
 
 
-def _copy_regular_file(tar, info, out):
+def _copy_regular_file(tar, info, out, md5, archive):
     if not info.isreg():
         raise ValueError(
-            f"Refusing the archive: its member {info.name!r} should be a "
-            f"regular file but is a {_member_kind(info)}.")
-    md5 = hashlib.md5(usedforsecurity=False)
+            f"Refusing the archive {archive}: its member {info.name!r} should "
+            f"be a regular file but is a {_member_kind(info)}. Nothing was "
+            f"cached.")
     source = tar.extractfile(info)
     while chunk := source.read(_CHUNK):
         out.write(chunk)
         md5.update(chunk)
-    return md5.hexdigest()
 
 
 def _check_member_md5(member, remote):
@@ -433,25 +488,39 @@ def _check_member_md5(member, remote):
 
 
 def _check_member_is_safe(info, archive):
-    """Refuse members that could write outside the extraction folder."""
+    """Refuse members other than plain files and folders inside the archive.
+
+    Links are refused even when they point inside: none is needed to extract
+    one regular file, and one could stand for the file that is checked.
+    ``archive`` names the archive in the message.
+    """
     problem = None
     if _is_absolute(info.name):
         problem = "has an absolute path"
     elif ".." in _parts(info.name):
         problem = "has a '..' in its path"
-    elif info.issym():
-        target = os.path.join(os.path.dirname(info.name), info.linkname)
-        if _is_absolute(info.linkname) or ".." in _parts(_normalized(target)):
-            problem = f"is a symbolic link to {info.linkname!r}, outside the archive"
-    elif info.islnk():
-        if _is_absolute(info.linkname) or ".." in _parts(_normalized(info.linkname)):
-            problem = f"is a hard link to {info.linkname!r}, outside the archive"
+    elif info.issym() or info.islnk():
+        problem = f"is a {_member_kind(info)} (to {info.linkname!r})"
     elif not (info.isreg() or info.isdir()):
         problem = f"is a {_member_kind(info)}"
     if problem:
         raise ValueError(
-            f"Refusing to extract from {str(archive)!r}: its member "
-            f"{info.name!r} {problem}. Nothing was cached.")
+            f"Refusing the archive {archive}: its member {info.name!r} "
+            f"{problem}. Nothing was cached.")
+
+
+def _check_member_is_new(info, seen, archive):
+    """Refuse a member whose path, normalized, was already in the archive.
+
+    Extracting a path listed twice would keep either copy depending on the
+    tool, so its checksum could be that of the other one.
+    """
+    name = _normalized(info.name)
+    if name in seen:
+        raise ValueError(
+            f"Refusing the archive {archive}: its member {info.name!r} appears "
+            f"twice. Nothing was cached.")
+    seen.add(name)
 
 
 def _member_kind(info):
