@@ -8,10 +8,17 @@ closed local port unless a test points it at the server).
 import gzip
 import hashlib
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 import warnings
+from collections import Counter
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -39,22 +46,38 @@ LASTFM_TEXT = "".join(
 
 # ---------------------------------------------------------------- helpers
 class LocalServer:
-    """An HTTP server on 127.0.0.1 serving bytes from a dict of routes."""
+    """An HTTP server on 127.0.0.1 serving bytes from a dict of routes.
+
+    A route served with ``stall=True`` sends half its body, sets ``stalled``
+    and sends the rest only once ``release`` is set (``stop`` sets it).
+    ``requests`` counts the requests of each path.
+    """
 
     def __init__(self):
         self.routes = {}
-        routes = self.routes
+        self.requests = Counter()
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                if self.path not in routes:
+                server.requests[self.path] += 1
+                if self.path not in server.routes:
                     self.send_error(404, "Not Found")
                     return
-                body, truncate = routes[self.path]
+                body, truncate, stall = server.routes[self.path]
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if truncate else body)
+                half = len(body) // 2
+                with suppress(OSError):  # the client may be killed meanwhile
+                    self.wfile.write(body[:half] if truncate or stall else body)
+                    if stall:
+                        self.wfile.flush()
+                        server.stalled.set()
+                        server.release.wait(30)
+                        self.wfile.write(body[half:])
 
             def log_message(self, *args):
                 pass
@@ -64,11 +87,12 @@ class LocalServer:
                                        daemon=True)
         self.thread.start()
 
-    def serve(self, path, body, truncate=False):
-        self.routes[path] = (body, truncate)
+    def serve(self, path, body, truncate=False, stall=False):
+        self.routes[path] = (body, truncate, stall)
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
     def stop(self):
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join()
@@ -440,3 +464,115 @@ def test_archive_changed_after_its_download_is_refused(tmp_path, server,
     with pytest.raises(OSError, match="changed since its download"):
         fetch_lastfm_1k(tmp_path)
     assert cached_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["brightkite", "lastfm_1k"])
+def test_stale_partial_files_are_never_used_and_removed(tmp_path, server, snap_gz,
+                                                       monkeypatch, name):
+    body = snap_gz if name == "brightkite" else lastfm_archive()
+    register(monkeypatch, name, url=server.serve("/f", body))
+    fetch = fetch_brightkite if name == "brightkite" else fetch_lastfm_1k
+    remote = _fetch._REMOTE_FILES[name]
+    folder = tmp_path / name
+    folder.mkdir()
+    for prefix in {remote.filename, remote.cached_name}:
+        (folder / f".{prefix}.k1ll3d.part").write_bytes(body[: len(body) // 2])
+    with pytest.raises(FileNotFoundError):
+        fetch(tmp_path, download_if_missing=False)
+
+    with pytest.warns(UserWarning, match="No SHA-256"):
+        events = fetch(tmp_path)
+    assert len(events) == (40 if name == "brightkite" else 84)
+    assert cached_files(tmp_path) == [f"{name}/{remote.cached_name}"]
+
+
+def test_without_a_lock_only_old_partial_files_are_removed(tmp_path, server,
+                                                          snap_gz, monkeypatch):
+    register(monkeypatch, "brightkite", url=server.serve("/b.gz", snap_gz),
+             sha256=sha256(snap_gz))
+    monkeypatch.setattr(_fetch, "fcntl", None)  # as on Windows
+    folder = tmp_path / "brightkite"
+    folder.mkdir()
+    old, young = (folder / f".{SNAP_NAME}.{age}.part" for age in ("old", "young"))
+    for part in (old, young, folder / "unrelated.part"):
+        part.write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+
+    quietly(fetch_brightkite, tmp_path)
+    assert cached_files(folder) == [f".{SNAP_NAME}.young.part", SNAP_NAME,
+                                    "unrelated.part"]
+
+
+def test_interrupted_download_leaves_nothing(tmp_path, server, snap_gz,
+                                             monkeypatch):
+    url = server.serve("/b.gz", snap_gz)
+    register(monkeypatch, "brightkite", url=url)
+    urlopen = _fetch.urllib.request.urlopen
+
+    def interrupted(*args, **kwargs):
+        response = urlopen(*args, **kwargs)
+        response.read = lambda size: (_ for _ in ()).throw(KeyboardInterrupt)
+        return response
+
+    monkeypatch.setattr(_fetch.urllib.request, "urlopen", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_brightkite(tmp_path)
+    assert cached_files(tmp_path) == []
+    monkeypatch.undo()
+    register(monkeypatch, "brightkite", url=url)
+    with pytest.warns(UserWarning, match="No SHA-256"):
+        assert len(fetch_brightkite(tmp_path)) == 40
+
+
+def wait_for(condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="no SIGKILL")
+def test_killed_download_then_fetch_again(tmp_path, server, snap_gz):
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from skcrnn.datasets import fetch_brightkite; "
+         "fetch_brightkite(sys.argv[1], url=sys.argv[2])",
+         str(tmp_path), server.serve("/slow.gz", snap_gz, stall=True)],
+        cwd=Path(__file__).resolve().parents[1], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: server.stalled.is_set() or child.poll() is not None)
+        assert child.poll() is None
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+    assert cached_files(tmp_path)[0].endswith(".part")  # what a kill leaves
+
+    with pytest.warns(UserWarning, match="No SHA-256"):
+        events = fetch_brightkite(tmp_path, url=server.serve("/b.gz", snap_gz))
+    assert len(events) == 40
+    assert cached_files(tmp_path) == [f"brightkite/{SNAP_NAME}"]
+
+
+def test_concurrent_fetch_waits_for_the_running_one(tmp_path, server, snap_gz,
+                                                    monkeypatch):
+    register(monkeypatch, "brightkite", url=server.serve("/b.gz", snap_gz, stall=True),
+             sha256=sha256(snap_gz))
+    results = {}
+
+    def fetch(key):
+        results[key] = fetch_brightkite(tmp_path)
+
+    first = threading.Thread(target=fetch, args=("first",))
+    first.start()
+    wait_for(server.stalled.is_set)
+    second = threading.Thread(target=fetch, args=("second",))
+    second.start()
+    time.sleep(0.2)  # the second is waiting, and must not remove the first's file
+    server.release.set()
+    first.join(30)
+    second.join(30)
+
+    assert server.requests["/b.gz"] == 1
+    pd.testing.assert_frame_equal(results["first"], results["second"])
+    assert cached_files(tmp_path) == [f"brightkite/{SNAP_NAME}"]

@@ -9,6 +9,10 @@ network. The checks apply to the very bytes used: the downloaded file is
 hashed again as it is decompressed, and an MD5 covers every byte written to
 the extracted file, from an archive whose members are plain files and folders
 inside it, each listed once.
+
+Fetches into one folder hold a lock on it (where the system offers one), so
+they run one at a time; temporary files found by the holder were left by a
+fetch that was killed, and are removed.
 """
 
 import gzip
@@ -18,21 +22,30 @@ import os
 import re
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
 import zlib
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from .._files import fsync_directory
 from ._loaders import load_lastfm_1k, load_snap_checkins
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 _DATA_HOME_ENV = "SKCRNN_DATA"
 _DEFAULT_DATA_HOME = "~/skcrnn_data"
 _CHUNK = 1 << 20
 _TIMEOUT = 60  # seconds without progress before a download is abandoned
+# Where the cache folder cannot be locked, a younger temporary file may be that
+# of a fetch running now, so only older ones are removed (seconds).
+_STALE_AFTER = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,9 @@ def fetch_brightkite(data_home=None, *, download_if_missing=True, url=None,
     check-ins, 2008-2010) is downloaded from SNAP
     (https://snap.stanford.edu/data/loc-brightkite.html) into
     ``data_home/brightkite/`` and read with :func:`load_snap_checkins`.
-    Later calls read the cached file without any network access.
+    Later calls read the cached file without any network access. A call that
+    finds another one fetching the file waits for it; a fetch that was killed
+    leaves temporary files (``.*.part``), which the next fetch removes.
 
     Parameters
     ----------
@@ -139,7 +154,9 @@ def fetch_lastfm_1k(data_home=None, *, download_if_missing=True, url=None,
     MD5 the data set's README publishes) is extracted into
     ``data_home/lastfm_1k/``; the archive is not kept. The log is read with
     :func:`load_lastfm_1k`. Later calls read the cached file without any
-    network access.
+    network access. A call that finds another one fetching the file waits
+    for it; a fetch that was killed leaves temporary files (``.*.part``),
+    which the next fetch removes.
 
     Parameters
     ----------
@@ -210,11 +227,67 @@ def _fetch_file(name, data_home, download_if_missing, url=None):
             f"{str(target)!r} is not in the cache and download_if_missing is "
             f"False. {_manual_hint(remote, target)}")
     folder.mkdir(parents=True, exist_ok=True)
-    if remote.member is None:
-        _download_gzip_file(remote, target)
-    else:
-        _download_tar_member(remote, target)
+    with _folder_lock(folder) as locked:
+        if target.is_file():  # fetched by another call while this one waited
+            return target
+        _remove_stale_parts(folder, remote, all_of_them=locked)
+        if remote.member is None:
+            _download_gzip_file(remote, target)
+        else:
+            _download_tar_member(remote, target)
     return target
+
+
+@contextmanager
+def _folder_lock(folder):
+    """Hold an exclusive lock on ``folder``; yield whether one was obtained.
+
+    Fetches into the folder, by threads or processes, then run one at a time.
+    The system drops the lock when its holder dies, killed or not. Windows
+    and some network file systems offer no such lock.
+    """
+    descriptor = _locked_descriptor(folder)
+    try:
+        yield descriptor is not None
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)  # releases the lock
+
+
+def _locked_descriptor(folder):
+    """A descriptor of ``folder`` holding its lock (waits); None where impossible."""
+    if fcntl is None:
+        return None
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    locked = False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        locked = True
+    except OSError:
+        pass
+    finally:
+        if not locked:
+            os.close(descriptor)
+    return descriptor if locked else None
+
+
+def _remove_stale_parts(folder, remote, all_of_them):
+    """Remove the temporary files that killed fetches of ``remote`` left.
+
+    All of them when this call holds the folder's lock; otherwise only those
+    untouched for ``_STALE_AFTER`` seconds.
+    """
+    prefixes = (f".{remote.filename}.", f".{remote.cached_name}.")
+    now = time.time()
+    for path in folder.iterdir():
+        if not (path.name.startswith(prefixes) and path.name.endswith(".part")):
+            continue
+        with suppress(OSError):  # gone meanwhile, or open elsewhere (Windows)
+            if all_of_them or now - path.stat().st_mtime > _STALE_AFTER:
+                path.unlink()
 
 
 def _manual_hint(remote, target):
