@@ -12,8 +12,9 @@ import torch
 
 from skcrnn import BigramRecommender, CollaborativeGRURecommender
 from skcrnn._events import Sequences
-from skcrnn._rnn._cells import CollaborativeRNN
-from skcrnn._rnn._training import chunk_losses, make_batches
+from skcrnn._rnn.network import CollaborativeRNN
+from skcrnn._rnn.tbptt import chunk_losses
+from skcrnn._torch.batching import make_batches
 
 from .conftest import random_events
 
@@ -113,9 +114,9 @@ def tiny_sequences():
     return sequences, lengths, items_of
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
+@pytest.mark.parametrize("bptt", ["manual", "autograd"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_training_loss_and_gradients_match_naive_loop(variant, fused):
+def test_training_loss_and_gradients_match_naive_loop(variant, bptt):
     sequences, lengths, items_of = tiny_sequences()
     generator = torch.Generator().manual_seed(1)
     network = CollaborativeRNN(len(lengths), 6, 3, dtype=torch.float64,
@@ -129,11 +130,13 @@ def test_training_loss_and_gradients_match_naive_loop(variant, fused):
     package_chunks = []
     for batch in make_batches(sequences, batch_size, "cpu"):
         for chunk in chunk_losses(network, batch, chunk_size, initial_state,
-                                  fused=fused):
+                                  bptt=bptt):
             chunk.loss.backward()
             package_chunks.append(chunk.loss.item())
-            if chunk.user_weights is not None and chunk.user_weights.grad is not None:
-                recurrent_grad.index_add_(0, chunk.users, chunk.user_weights.grad)
+            if "recurrent" in chunk.touched:
+                users, user_weights = chunk.touched["recurrent"]
+                if user_weights.grad is not None:
+                    recurrent_grad.index_add_(0, users, user_weights.grad)
     if network.shared:
         recurrent_grad = network.recurrent.grad
     package_grads = {name: p.grad.clone() for name, p in network.named_parameters()

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import skcrnn._rnn._training as training
+import skcrnn._rnn.estimator as rnn_estimator
 from skcrnn import _persistence
 from skcrnn import CollaborativeGRURecommender
-from skcrnn._rnn._checkpoint import FILENAME, Checkpoint
-from skcrnn._rnn._estimator import _Validation
-from skcrnn._rnn._training import Optimizer
-from skcrnn._rnn._cells import CollaborativeRNN
+from skcrnn._rnn.estimator import _Validation
+from skcrnn._rnn.network import CollaborativeRNN
+from skcrnn._torch.checkpoint import FILENAME, Checkpoint
+from skcrnn._torch.optim import Optimizer
 from skcrnn.datasets import make_sequences
 
 from .conftest import TINY_RNN as TINY, random_events
@@ -45,7 +45,7 @@ def count_chunks(monkeypatch, interrupt_at=None):
     ``counter["validated"]`` records the count at each validation (the end of
     each epoch of phase 1).
     """
-    original = training.chunk_losses
+    original = rnn_estimator.chunk_losses
     validate = _Validation.__call__
     counter = {"chunks": 0, "validated": []}
 
@@ -60,7 +60,7 @@ def count_chunks(monkeypatch, interrupt_at=None):
                 raise Interrupted
             yield chunk
 
-    monkeypatch.setattr(training, "chunk_losses", counting)
+    monkeypatch.setattr(rnn_estimator, "chunk_losses", counting)
     monkeypatch.setattr(_Validation, "__call__", validating)
     return counter
 

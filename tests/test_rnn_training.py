@@ -7,9 +7,9 @@ from sklearn.model_selection import GridSearchCV
 
 from skcrnn import CollaborativeGRURecommender
 from skcrnn._events import Sequences
-from skcrnn._rnn._batching import (length_sorted_batches, pad, validation_sizes,
-                                   window)
-from skcrnn._rnn._estimator import _Validation
+from skcrnn._rnn.estimator import _Validation
+from skcrnn._torch.batching import (length_sorted_batches, pad, validation_sizes,
+                                    window)
 from skcrnn.model_selection import UserSuffixSplit
 
 from .conftest import TINY_RNN as TINY, random_events
@@ -217,8 +217,8 @@ def test_cuda_model_saved_loads_on_cpu(events, tmp_path):
 
 
 def test_diverged_training_raises_a_clear_error(events, monkeypatch):
-    from skcrnn._rnn import _training
-    monkeypatch.setattr(_training, "_train_epoch", lambda *args: float("nan"))
+    from skcrnn._torch import loop
+    monkeypatch.setattr(loop, "_train_epoch", lambda *args: float("nan"))
     model = CollaborativeGRURecommender(hidden_size=4, max_epochs=3, device="cpu",
                                         random_state=0)
     with pytest.raises(ValueError, match="diverged in epoch 1.*learning_rate"):
@@ -226,7 +226,7 @@ def test_diverged_training_raises_a_clear_error(events, monkeypatch):
 
 
 def test_nan_validation_loss_counts_as_no_improvement(events, monkeypatch):
-    from skcrnn._rnn import _estimator
+    from skcrnn._rnn import estimator as _estimator
     losses = iter([float("nan"), 5.0, 4.0, 4.5, 4.6, 4.7, 4.8])
     monkeypatch.setattr(_estimator._Validation, "__call__", lambda self: next(losses))
     model = CollaborativeGRURecommender(
@@ -237,7 +237,7 @@ def test_nan_validation_loss_counts_as_no_improvement(events, monkeypatch):
 
 
 def test_nan_validation_loss_in_every_epoch_stops_early(events, monkeypatch):
-    from skcrnn._rnn import _estimator
+    from skcrnn._rnn import estimator as _estimator
     monkeypatch.setattr(_estimator._Validation, "__call__", lambda self: float("nan"))
     model = CollaborativeGRURecommender(
         hidden_size=4, max_epochs=7, n_iter_no_change=2, refit=True, batch_size=4,
@@ -246,21 +246,3 @@ def test_nan_validation_loss_in_every_epoch_stops_early(events, monkeypatch):
         model.fit(events)
     assert model.best_epoch_ is None and model.n_iter_ == 2
     assert model.refit_history_ is None
-
-
-def test_fit_loads_the_compiled_loops_before_the_first_epoch(monkeypatch, capsys):
-    """The build (a machine's first fit) is not counted in an epoch's seconds."""
-    from skcrnn._rnn import _native, _training
-    monkeypatch.setattr(_native, "ENABLED", True)
-    monkeypatch.setattr(_native, "_built", {})
-    seen = []
-    real_train = _training.train
-
-    def spy(*args, **kwargs):
-        seen.append(_native.ready())
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr("skcrnn._rnn._estimator.train", spy)
-    CollaborativeGRURecommender(**{**TINY, "verbose": 1}).fit(random_events())
-    assert seen and all(seen)
-    assert "compiled loops" in capsys.readouterr().out

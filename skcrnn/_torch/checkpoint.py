@@ -1,4 +1,4 @@
-"""Checkpoints of a recurrent model's training, to resume a fit that was killed.
+"""Checkpoints of a torch model's training, to resume a fit that was killed.
 
 A fit with a ``checkpoint_dir`` keeps one file there, :data:`FILENAME`,
 rewritten atomically after every epoch: a ``torch.save`` dict of plain values
@@ -10,7 +10,7 @@ and tensors (readable with ``torch.load(path, weights_only=True)``) with
 - ``phase``: 1 while training with validation, 2 during the refit on all
   events, with ``first_history`` and ``first_best_epoch`` (what phase 1
   produced);
-- ``training``: the state that :func:`~skcrnn._rnn._training.train` saves.
+- ``training``: the state that :func:`~skcrnn._torch.loop.train` saves.
 """
 
 import contextlib

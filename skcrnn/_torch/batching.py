@@ -1,10 +1,13 @@
-"""Cutting, windowing and padding user sequences for the recurrent models.
+"""Cutting, windowing, padding and batching user sequences for training.
 
 Everything here is vectorized numpy over :class:`~skcrnn._events.Sequences`;
 there is no loop over users or events.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 
 from .._events import Sequences
 
@@ -106,3 +109,47 @@ def pad(sequences, groups, max_length=None):
     items[rows, cols] = sequences.items[np.repeat(sequences.indptr[groups],
                                                   lengths) + cols]
     return items, lengths.astype(np.int64)
+
+
+@dataclass
+class Batch:
+    """Padded users of one training batch, on the training device.
+
+    Attributes
+    ----------
+    users : LongTensor of shape (B,)
+    items : LongTensor of shape (B, L)
+        Right-padded item codes, rows in decreasing length.
+    lengths : ndarray of int64 of shape (B,)
+        Real events per row (host memory: it drives the loops).
+    """
+
+    users: torch.Tensor
+    items: torch.Tensor
+    lengths: np.ndarray
+
+    @property
+    def n_events(self):
+        return int(self.lengths.sum())
+
+
+def make_batches(sequences, batch_size, device):
+    """The training batches of :func:`length_sorted_batches`, padded."""
+    batches = []
+    for groups in length_sorted_batches(sequences.lengths, batch_size):
+        items, lengths = pad(sequences, groups)
+        batches.append(Batch(
+            users=torch.as_tensor(sequences.user_codes[groups], device=device),
+            items=torch.as_tensor(items, device=device), lengths=lengths))
+    return batches
+
+
+def make_batches(sequences, batch_size, device):
+    """The training batches of :func:`length_sorted_batches`, padded."""
+    batches = []
+    for groups in length_sorted_batches(sequences.lengths, batch_size):
+        items, lengths = pad(sequences, groups)
+        batches.append(Batch(
+            users=torch.as_tensor(sequences.user_codes[groups], device=device),
+            items=torch.as_tensor(items, device=device), lengths=lengths))
+    return batches

@@ -1,0 +1,364 @@
+"""The collaborative RNN recommender (Ko, Maystre & Grossglauser, ACML 2016).
+
+The estimator turns its parameters into a :class:`.network.CollaborativeRNN`
+and its training batches (:mod:`.tbptt`); everything else of fitting,
+scoring, saving and loading is :class:`~skcrnn._torch.TorchRecommender`'s.
+"""
+
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from .._torch.batching import make_batches, window
+from .._torch.estimator import TorchRecommender
+from .._torch.output import log_proba
+from .network import CollaborativeRNN
+from .recurrence import forward_states
+from .tbptt import BPTT, chunk_losses, n_chunks
+
+#: Type of inference: double precision keeps a row's score independent of the
+#: rows it is batched with (float32 kernels round differently per batch shape).
+_INFERENCE_DTYPE = torch.float64
+#: Early stopping compares the validation losses of epochs, means over
+#: thousands of events: single precision is ample and twice as fast.
+_VALIDATION_DTYPE = torch.float32
+
+
+class CollaborativeGRURecommender(TorchRecommender):
+    """Collaborative recurrent neural network (C-GRU, C-tanh or P-GRU).
+
+    For user ``u`` reading item ``x_t`` with hidden state ``h_{t-1}`` (size
+    ``H = hidden_size``), the C-GRU computes::
+
+        z   = sigmoid(W_zh^(u) h_{t-1} + W_zi x_t)
+        r   = sigmoid(W_rh^(u) h_{t-1} + W_ri x_t)
+        h~  = tanh(W_h^(u) (r * h_{t-1}) + W_in x_t)   (see candidate_activation)
+        h_t = (1 - z) * h_{t-1} + z * h~
+        P(next item | history) = softmax(W_out h_t + b)
+
+    The input terms (item embeddings) and the output layer are shared by all
+    users; the three recurrent matrices belong to each user.
+    ``cell="tanh"`` gives the C-tanh cell ``h_t = tanh(W_hh^(u) h_{t-1} +
+    W_xh x_t)``, and ``recurrent_weights="shared"`` one set of recurrent
+    matrices for everybody (the paper's P-GRU baseline).
+
+    Training is truncated back-propagation through time: users are batched
+    ``batch_size`` at a time (users of similar lengths together), each
+    sequence is cut into chunks of ``chunk_size`` events, the state is carried
+    from chunk to chunk (detached), and each chunk takes one optimizer step.
+    The first event of each sequence is predicted from the initial state,
+    which trains the distribution that users without history get. As in the
+    authors' code, a step's loss is the summed cross-entropy of the chunk's
+    events over its ``rows x chunk_size`` slots, and RMSProp divides by
+    ``sqrt(mean_square + epsilon)``; the per-user matrices are updated lazily
+    (only the batch's users, whose statistics alone move).
+
+    The last ``validation_fraction`` of each user's events are held out:
+    after each epoch the validation loss (mean over users of the mean negative
+    log-likelihood of their held-out events, continuing from the state at the
+    end of their training part) decides early stopping. With ``refit=True``
+    a new network then trains on all events for the best number of epochs
+    (the held-out events are each user's most recent ones, the most telling
+    about what comes next); with ``refit=False`` the best epoch's weights are
+    kept. Finally each user's whole fitted sequence is run through the
+    network; scoring continues from that state.
+
+    A user unknown to the model starts from the initial state with the
+    **mean of the per-user recurrent matrices** (with shared weights, the
+    shared matrices).
+
+    Parameters
+    ----------
+    hidden_size : int, default=32
+        Size ``H`` of the hidden state.
+    learning_rate : float, default=0.0075
+        Step size of the optimizer.
+    cell : {"gru", "tanh"}, default="gru"
+        The recurrent cell.
+    recurrent_weights : {"per_user", "shared"}, default="per_user"
+        One set of recurrent matrices per user (collaborative RNN) or one for
+        everybody (P-GRU).
+    candidate_activation : {"sigmoid", "tanh"}, default="sigmoid"
+        Activation of the GRU's candidate state. The paper's equations print
+        tanh; the authors' TensorFlow code, which produced the paper's
+        figures, uses a sigmoid (the states then stay in [0, 1]). The sigmoid
+        is the default because it trains more slowly and generalizes better:
+        on the Foursquare check-ins under the paper's protocol its validation
+        loss was 5.993 against 6.088 with tanh (docs/results_rnn.md).
+        ``"tanh"`` gives the equations as printed. Ignored by ``cell="tanh"``.
+    optimizer : {"rmsprop", "adam"}, default="rmsprop"
+        RMSProp with TensorFlow's rule (``grad / sqrt(mean_square +
+        epsilon)``, mean square starting at 0) or Adam (betas 0.9, 0.999).
+    rho : float, default=0.997
+        Decay of RMSProp's running average of squared gradients, in [0, 1).
+    epsilon : float, default=1e-8
+        RMSProp's epsilon (inside the square root) or Adam's (outside).
+    chunk_size : int, default=64
+        Events per chunk of truncated back-propagation.
+    batch_size : int, default=20
+        Users per batch.
+    max_epochs : int, default=30
+        Most passes over the training events.
+    validation_fraction : float, default=0.1
+        Share of each user's events (the last ones; at least one when the
+        user has two or more) held out for early stopping, in [0, 1). ``0``
+        trains on everything for ``max_epochs`` epochs.
+    n_iter_no_change : int, default=3
+        Stop after this many epochs without a lower validation loss.
+    refit : bool, default=True
+        After early stopping, train a new network (same seed) on all events,
+        validation suffixes included, for ``best_epoch_`` epochs. Costs a
+        second training; ``False`` keeps the best epoch's weights instead.
+    max_train_chunks : int or None, default=None
+        Train on at most this many chunks of each user's latest training
+        events (the paper's Last.fm setting); ``None`` keeps all.
+    initial_state : float, default=0.0
+        Value of every coordinate of the state before a user's first event.
+    device : str, default="auto"
+        Torch device of training and scoring: ``"auto"`` (CUDA when
+        available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    n_jobs : int or None, default=None
+        CPU threads of torch during ``fit`` and scoring, with scikit-learn's
+        meaning: ``None`` is 1 (unless a :func:`joblib.parallel_config`
+        context says otherwise), ``-1`` all processors. One thread is the
+        default because a step's kernels are tiny: on a busy machine several
+        threads wait for each other at every kernel, and joblib workers
+        (``GridSearchCV(n_jobs=...)``) would oversubscribe the cores. Large
+        catalogues on an idle machine gain from more. torch's own setting is
+        restored afterwards.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weights and the batch order; with an int, training on the
+        CPU is reproducible.
+    verbose : int, default=0
+        Progress bar and one line per epoch when positive.
+    checkpoint_dir : str, path-like or None, default=None
+        Directory (created if missing) where training keeps a checkpoint,
+        ``checkpoint.pt``, rewritten atomically after every epoch: weights,
+        optimizer statistics, random generator, history and best epoch. If
+        ``fit`` stops before the end (an exception, a killed process),
+        fitting again with the same parameters and events resumes after the
+        last finished epoch (of the run with validation or of the refit); on
+        the CPU with an int ``random_state`` the fitted model is then the
+        same as that of an uninterrupted fit. A checkpoint of a fit with other
+        events or other parameters (those that do not change training aside:
+        ``verbose``, ``device``, ``checkpoint_dir``, the column names and
+        ``handle_unknown``) raises ``ValueError``. A fit that completes
+        deletes its checkpoint, so that the next fit starts afresh. Fits
+        running at the same time need different directories.
+    user_col, item_col, time_col : str, default="user", "item", "timestamp"
+        Column names of the events frame.
+    handle_unknown : {"ignore", "error"}, default="ignore"
+        What scoring does with unknown items (and users): leave them out with
+        a warning (unknown users are scored with the fallback above) or raise
+        ``ValueError``.
+
+    Attributes
+    ----------
+    network_ : CollaborativeRNN
+        The trained torch module (float32), on ``device_``.
+    final_states_ : torch.Tensor of shape (n_users, hidden_size)
+        Each user's state after all of the user's fitted events (float64).
+    history_ : list of dict
+        Per epoch of the run with validation: ``epoch``, ``train_loss`` (mean
+        cross-entropy of the epoch's training events), ``valid_loss``,
+        ``seconds``, ``events_per_second``.
+    best_epoch_ : int or None
+        The epoch of lowest validation loss (None without validation).
+    n_iter_ : int
+        Epochs of the run with validation.
+    refit_history_ : list of dict or None
+        The same for the refit on all events (``valid_loss`` NaN); None
+        without refit.
+    device_ : str
+        Where ``network_`` lives.
+    classes_ : ndarray of shape (n_items,)
+        The known items, sorted; columns of :meth:`predict_proba`.
+    users_ : ndarray of shape (n_users,)
+        The known users, sorted.
+    n_items_, n_users_ : int
+        How many of each.
+
+    Notes
+    -----
+    Scoring runs in double precision from the float32 weights, so that a
+    row's log-probability does not depend on the other rows of the call.
+
+    Training back-propagates through each chunk with the cell's
+    hand-written derivative (:mod:`skcrnn._rnn.cells`); setting the
+    environment variable ``SKCRNN_BPTT=autograd`` before ``fit`` trains with
+    autograd through the same step instead (the reference it is tested
+    against: the same numbers, about three times slower). See the "Training
+    speed" page of the documentation.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from skcrnn import CollaborativeGRURecommender
+    >>> events = pd.DataFrame({"user": [1, 1, 1, 2, 2, 2],
+    ...                        "item": ["a", "b", "a", "b", "c", "b"],
+    ...                        "timestamp": [1, 2, 3, 1, 2, 3]})
+    >>> model = CollaborativeGRURecommender(hidden_size=4, max_epochs=2,
+    ...                                     device="cpu", random_state=0)
+    >>> model.fit(events).recommend([1], k=2)["rank"].tolist()
+    [1, 2]
+    """
+
+    _parameter_constraints = {
+        **TorchRecommender._parameter_constraints,
+        "hidden_size": [Interval(Integral, 1, None, closed="left")],
+        "cell": [StrOptions({"gru", "tanh"})],
+        "candidate_activation": [StrOptions({"tanh", "sigmoid"})],
+        "recurrent_weights": [StrOptions({"per_user", "shared"})],
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "max_train_chunks": [None, Interval(Integral, 1, None, closed="left")],
+        "initial_state": [Interval(Real, None, None, closed="neither")],
+    }
+
+    _fitted_tensors = {"final_states_": "final_states"}
+
+    def __init__(self, hidden_size=32, learning_rate=0.0075, *, cell="gru",
+                 recurrent_weights="per_user", candidate_activation="sigmoid",
+                 optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
+                 batch_size=20, max_epochs=30, validation_fraction=0.1,
+                 n_iter_no_change=3, refit=True, max_train_chunks=None,
+                 initial_state=0.0, device="auto", n_jobs=None, random_state=None,
+                 verbose=0,
+                 checkpoint_dir=None, user_col="user", item_col="item",
+                 time_col="timestamp", handle_unknown="ignore"):
+        self.hidden_size = hidden_size
+        self.learning_rate = learning_rate
+        self.cell = cell
+        self.recurrent_weights = recurrent_weights
+        self.candidate_activation = candidate_activation
+        self.optimizer = optimizer
+        self.rho = rho
+        self.epsilon = epsilon
+        self.chunk_size = chunk_size
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.refit = refit
+        self.max_train_chunks = max_train_chunks
+        self.initial_state = initial_state
+        self.device = device
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
+        self.user_col = user_col
+        self.item_col = item_col
+        self.time_col = time_col
+        self.handle_unknown = handle_unknown
+
+    # ------------------------------------------------------------ the network
+    def _check_fit_params(self):
+        if not np.isfinite(self.initial_state):
+            raise ValueError(
+                f"initial_state must be finite; got {self.initial_state!r}.")
+        bptt = os.environ.get("SKCRNN_BPTT", "manual")
+        if bptt not in BPTT:
+            raise ValueError(f"The environment variable SKCRNN_BPTT is {bptt!r}; "
+                             f"use one of {sorted(BPTT)}.")
+        super()._check_fit_params()
+
+    def _new_network(self):
+        return CollaborativeRNN(
+            self.n_users_, self.n_items_, self.hidden_size, cell=self.cell,
+            shared=self.recurrent_weights == "shared",
+            candidate=self.candidate_activation)
+
+    @classmethod
+    def _network_type(cls):
+        return CollaborativeRNN
+
+    def _first_trained(self, n_train):
+        """Each user's first training event: the latest ``max_train_chunks`` chunks."""
+        if self.max_train_chunks is None:
+            return np.zeros_like(n_train)
+        return np.maximum(n_train - self.max_train_chunks * self.chunk_size, 0)
+
+    def _training_plan(self, network, sequences, n_train, device):
+        batches = make_batches(window(sequences, self._first_trained(n_train), n_train),
+                               self.batch_size, device)
+        bptt = os.environ.get("SKCRNN_BPTT", "manual")
+
+        def steps(batch):
+            return chunk_losses(network, batch, self.chunk_size,
+                                self.initial_state, bptt=bptt)
+        return batches, steps, n_chunks(batches, self.chunk_size)
+
+    def _validation(self, network, sequences, n_train):
+        first = self._first_trained(n_train)
+        return _Validation(network, window(sequences, first, sequences.lengths),
+                           n_train - first, self.initial_state)
+
+    def _after_fit(self, sequences):
+        start = self._start_states(np.full(self.n_users_, -1))
+        self.final_states_ = forward_states(
+            self.network_, sequences, start, sequences.prefix_start + sequences.lengths,
+            dtype=_INFERENCE_DTYPE)
+
+    def _check_restored(self):
+        if (self.final_states_.shape != (self.n_users_, self.network_.hidden_size)
+                or self.network_.item_input.shape[0] != self.n_items_):
+            raise ValueError("its tensors do not match its vocabularies")
+
+    # -------------------------------------------------------------- scoring
+    def _start_states(self, user_codes):
+        """Stored final states of known users, the initial state for ``-1``."""
+        device = torch.device(self.device_)
+        start = torch.full((len(user_codes), self.network_.hidden_size),
+                           float(self.initial_state), dtype=_INFERENCE_DTYPE,
+                           device=device)
+        known = np.flatnonzero(user_codes >= 0)
+        if len(known) and hasattr(self, "final_states_"):
+            known_t = torch.as_tensor(known, device=device)
+            start[known_t] = self.final_states_[
+                torch.as_tensor(user_codes[known], device=device)]
+        return start
+
+    def _network_log_proba(self, sequences, prefixes, targets=None):
+        start = self._start_states(sequences.user_codes)
+        states = forward_states(self.network_, sequences, start, prefixes,
+                                dtype=_INFERENCE_DTYPE)
+        return log_proba(states, self.network_.output_weight,
+                         self.network_.output_bias, targets, dtype=_INFERENCE_DTYPE)
+
+
+class _Validation:
+    """Validation loss of the current weights, as a callable for ``train``.
+
+    ``sequences`` holds each user's (possibly truncated) training part
+    followed by the user's held-out events; ``n_head[g]`` is the length of
+    the training part. The held-out events are scored continuing from the
+    state at the end of the training part, in single precision; the loss is
+    the mean over users of the mean negative log-likelihood of their
+    held-out events.
+    """
+
+    def __init__(self, network, sequences, n_head, initial_state):
+        self.network = network
+        self.initial_state = float(initial_state)
+        position = sequences.position_of_event
+        group = sequences.group_of_event
+        held_out = np.flatnonzero(position >= n_head[group])
+        self.sequences = sequences
+        self.prefixes = held_out + group[held_out]
+        self.targets = sequences.items[held_out]
+        self.groups = np.unique(group[held_out], return_inverse=True)[1]
+
+    def __call__(self):
+        device = self.network.item_input.device
+        start = torch.full((self.sequences.n_groups, self.network.hidden_size),
+                           self.initial_state, dtype=_VALIDATION_DTYPE, device=device)
+        states = forward_states(self.network, self.sequences, start, self.prefixes,
+                                dtype=_VALIDATION_DTYPE)
+        nll = -log_proba(states, self.network.output_weight, self.network.output_bias,
+                         self.targets, dtype=_VALIDATION_DTYPE)
+        sums = np.bincount(self.groups, weights=nll)
+        counts = np.bincount(self.groups)
+        return float(np.mean(sums / counts))

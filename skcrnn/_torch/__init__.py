@@ -1,0 +1,18 @@
+"""What every torch-backed recommender shares; nothing here knows a recurrent cell.
+
+- :mod:`.estimator`: :class:`TorchRecommender`, the base class (device,
+  seeds, threads, the fit path with early stopping and refit, checkpoints,
+  save/load/pickle of the network);
+- :mod:`.loop`: the training loop (epochs, divergence check, early
+  stopping, resuming);
+- :mod:`.optim`: RMSProp and Adam with lazy updates of the rows a step reads;
+- :mod:`.output`: the softmax output layer, for training (blocked
+  cross-entropy with a hand-written backward) and for exact scoring;
+- :mod:`.batching`: windows, padding and length-sorted batches of sequences;
+- :mod:`.checkpoint`: the checkpoint file of a fit;
+- :mod:`.runtime`: device resolution, the CPU thread policy, seeds.
+"""
+
+from .estimator import TorchRecommender
+
+__all__ = ["TorchRecommender"]
