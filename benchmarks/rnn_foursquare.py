@@ -59,14 +59,14 @@ def load_events(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="the estimators' n_jobs (torch CPU threads)")
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=list(VARIANTS),
                         choices=list(VARIANTS), metavar="MODEL")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
     train, test = preprocess_like_paper(load_events(args.data), "brightkite")
     print(f"{train['user'].nunique():,} users, {train['item'].nunique():,} items, "
@@ -78,7 +78,8 @@ def main():
     for name in args.models:
         model = CollaborativeGRURecommender(
             **PAPER_BRIGHTKITE, **VARIANTS[name], max_epochs=args.max_epochs,
-            device="cpu", random_state=args.seed, verbose=args.verbose)
+            device="cpu", n_jobs=args.threads, random_state=args.seed,
+            verbose=args.verbose)
         start = time.perf_counter()
         model.fit(train)
         fit_seconds = time.perf_counter() - start

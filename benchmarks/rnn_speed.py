@@ -8,7 +8,7 @@ Three benchmarks (issue 6), each printing its figures:
     settings (hidden 32, learning rate 0.0075, chunks of 64, 20 users per
     batch), a fixed number of epochs without early stopping; also reports
     the held-out error after those epochs. ``--path both`` runs the fast
-    (fused) path and the plain autograd path with the same seed, side by
+    (hand-written BPTT) path and the plain autograd path with the same seed, side by
     side, and prints the difference of their errors (the quality guard).
 ``brightkite-scale``
     generated data of the paper's Brightkite size after preprocessing: 1,679
@@ -21,10 +21,13 @@ Three benchmarks (issue 6), each printing its figures:
     long; the full-size epoch is then extrapolated from the events per
     second, and printed as such.
 
-The fused path compiles the recurrence's C++ loops on its first run on a
-machine (about half a minute, before the first epoch); ``SKCRNN_NATIVE=0``
-(or ``--loops python``) runs the same fused path with the loops in Python
-instead, and ``--products torch`` its output layer with torch's own products.
+``--bptt autograd`` trains with autograd through the cell's step instead of
+the hand-written back-propagation through time (the quality guard of
+``--path both``); ``--compile-step`` wraps the cell's step and derivative in
+``torch.compile`` (measured for the record: it is not a package option).
+``--threads N`` sets the estimator's ``n_jobs`` (default 1, the package's
+default); ``--contention`` runs the same fit twice, idle and beside one
+competing CPU-bound process, and prints both.
 
 Every figure comes from ``CollaborativeGRURecommender.history_`` (training
 seconds of each epoch, validation excluded since there is none); seconds
@@ -34,11 +37,14 @@ GPU memory is ``torch.cuda.max_memory_allocated``. Run one benchmark per
 process so that peaks are not mixed::
 
     python benchmarks/rnn_speed.py foursquare --path both --epochs 5
+    python benchmarks/rnn_speed.py foursquare --epochs 4 --contention
     python benchmarks/rnn_speed.py brightkite-scale --epochs 3
     python benchmarks/rnn_speed.py lastfm-scale --device cuda --epochs 3
 """
 
 import argparse
+import multiprocessing
+import os
 import platform
 import resource
 import statistics
@@ -49,7 +55,7 @@ import numpy as np
 import torch
 
 from skcrnn import CollaborativeGRURecommender
-from skcrnn._rnn import _fused, _native, _training
+from skcrnn._rnn import cells
 from skcrnn.datasets import load_snap_checkins, make_sequences
 from skcrnn.model_selection import preprocess_like_paper, suffix_split
 
@@ -86,12 +92,13 @@ def training_events(train, settings):
     return int(lengths.sum())
 
 
-def run(train, test, settings, args, fused):
-    """Fit with the fused or the autograd path; the figures of the run."""
-    _training.FUSED = fused
+def run(train, test, settings, args, bptt):
+    """Fit with hand-written or autograd BPTT; the figures of the run."""
+    os.environ["SKCRNN_BPTT"] = bptt
     model = CollaborativeGRURecommender(
         **settings, max_epochs=args.epochs, validation_fraction=0.0,
-        device=args.device, random_state=args.seed, verbose=args.verbose)
+        device=args.device, n_jobs=args.threads, random_state=args.seed,
+        verbose=args.verbose)
     if model.device != "cpu" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -101,7 +108,7 @@ def run(train, test, settings, args, fused):
     steady = seconds[1:] or seconds
     events = training_events(train, settings)
     figures = {
-        "path": "fused" if fused else "autograd",
+        "bptt": bptt,
         "device": model.device_,
         "dtype": str(model.network_.item_input.dtype).replace("torch.", ""),
         "epochs": len(seconds),
@@ -119,6 +126,25 @@ def run(train, test, settings, args, fused):
     return figures
 
 
+def _spin(stop):
+    """A competing CPU-bound process: pure Python arithmetic until told to stop."""
+    value = 0
+    while not stop.is_set():
+        for i in range(100_000):
+            value = (value * 31 + i) % 1_000_003
+
+
+def compile_steps():
+    """Wrap every cell's step and derivative in ``torch.compile``."""
+    for cell in (cells.GRUCell, cells.TanhCell):
+        for name in ("step", "backward_step"):
+            function = getattr(cell, name)
+            if isinstance(cell.__dict__[name], staticmethod):
+                setattr(cell, name, staticmethod(torch.compile(function, dynamic=True)))
+            else:
+                setattr(cell, name, torch.compile(function, dynamic=True))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=["foursquare", *SHAPES])
@@ -127,24 +153,23 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
+                        help="the estimator's n_jobs: torch CPU threads "
+                             "(default: the package's, 1)")
     parser.add_argument("--users", type=int, default=None,
                         help="generated benchmarks: keep this many users")
     parser.add_argument("--data", default=str(FOURSQUARE))
-    parser.add_argument("--loops", choices=["compiled", "python"], default="compiled",
-                        help="fused path: the recurrence's loops compiled (C++) "
-                             "or in Python")
-    parser.add_argument("--products", choices=["onednn", "torch"], default="onednn",
-                        help="fused path on CPU: float32 output-layer products "
-                             "through oneDNN or torch.mm (MKL)")
+    parser.add_argument("--bptt", choices=["manual", "autograd"], default="manual",
+                        help="hand-written back-propagation through time or "
+                             "autograd through the cell's step")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="torch.compile the cell's step and derivative")
+    parser.add_argument("--contention", action="store_true",
+                        help="also run beside one competing CPU-bound process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    _native.ENABLED = args.loops == "compiled"
-    _fused.ONEDNN = args.products == "onednn"
-    _native.load()  # compile (first run on a machine) before anything is timed
+    if args.compile_step:
+        compile_steps()
 
     train, test, settings = load(args.benchmark, args)
     print(f"{args.benchmark}: {train['user'].nunique():,} users, "
@@ -153,11 +178,22 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), "
           f"{platform.processor() or platform.machine()}"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    print(f"recurrence loops: {_native.status()}; CPU float32 output products: "
-          f"{'oneDNN' if _fused.ONEDNN and _fused._ONEDNN_LINEAR else 'torch.mm'}; "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    paths = {"fused": [True], "autograd": [False], "both": [True, False]}[args.path]
-    results = [run(train, test, settings, args, fused) for fused in paths]
+    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"step {'compiled by torch.compile' if args.compile_step else 'eager'}")
+    paths = {"fused": [args.bptt], "autograd": ["autograd"],
+             "both": ["manual", "autograd"]}[args.path]
+    results = [run(train, test, settings, args, bptt) for bptt in paths]
+    if args.contention:
+        stop = multiprocessing.Event()
+        rival = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+        rival.start()
+        try:
+            busy = run(train, test, settings, args, paths[0])
+        finally:
+            stop.set()
+            rival.join()
+        busy["bptt"] += " (beside a CPU-bound process)"
+        results.append(busy)
     results[-1]["peak host MiB (process)"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     for figures in results:
@@ -165,12 +201,17 @@ def main():
         for name, value in figures.items():
             shown = f"{value:,.4f}" if isinstance(value, float) else value
             print(f"  {name:>24}: {shown}")
-    if len(results) == 2:
+    if args.contention:
+        idle, busy = results[0], results[-1]
+        print(f"\ncontention: {busy['s/epoch (median)']:.3f} s/epoch beside a "
+              f"CPU-bound process, {idle['s/epoch (median)']:.3f} idle: "
+              f"{busy['s/epoch (median)'] / idle['s/epoch (median)']:.2f}x")
+    elif len(results) == 2:
         fast, plain = results
-        print(f"\nspeed-up fused / autograd: "
+        print(f"\nspeed-up manual / autograd BPTT: "
               f"{plain['s/epoch (median)'] / fast['s/epoch (median)']:.2f}x")
         if "held-out error" in fast:
-            print(f"held-out error difference (fused - autograd): "
+            print(f"held-out error difference (manual - autograd): "
                   f"{fast['held-out error'] - plain['held-out error']:+.4f}")
     if args.users is not None:
         n_users, _, n_events = SHAPES[args.benchmark]

@@ -418,3 +418,23 @@ def test_random_events_fixture_also_resumes(tmp_path, monkeypatch):
             CollaborativeGRURecommender(**params).fit(frame)
     assert read_checkpoint(tmp_path)["training"]["epoch"] >= 1
     assert_same_fit(CollaborativeGRURecommender(**params).fit(frame), reference, frame)
+
+
+@pytest.mark.parametrize("problem", ["a-file", "under-a-file", "read-only"])
+def test_unusable_checkpoint_dir_is_refused_before_training(events, tmp_path, problem,
+                                                            monkeypatch):
+    """Named in a clear error at the start of fit, not at the first epoch's end."""
+    import os
+    import skcrnn._torch.loop as loop
+    monkeypatch.setattr(loop, "_train_epoch", lambda *args: pytest.fail("trained"))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    directory = {"a-file": blocker, "under-a-file": blocker / "sub",
+                 "read-only": tmp_path / "locked" / "sub"}[problem]
+    if problem == "read-only":
+        (tmp_path / "locked").mkdir(mode=0o500)
+        if os.access(tmp_path / "locked", os.W_OK):
+            pytest.skip("running as a user who may write anywhere (root)")
+    error = PermissionError if problem == "read-only" else ValueError
+    with pytest.raises(error, match="checkpoint_dir=.*" + directory.name):
+        CollaborativeGRURecommender(**TINY, checkpoint_dir=directory).fit(events)

@@ -246,3 +246,84 @@ def test_nan_validation_loss_in_every_epoch_stops_early(events, monkeypatch):
         model.fit(events)
     assert model.best_epoch_ is None and model.n_iter_ == 2
     assert model.refit_history_ is None
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
+@pytest.mark.parametrize("learning_rate", [1e12, 1e3])
+def test_exploding_but_finite_loss_is_divergence(events, optimizer, learning_rate):
+    """A huge learning rate gives a loss of 1e13 nats, finite: still divergence."""
+    model = CollaborativeGRURecommender(**{**TINY, "learning_rate": learning_rate,
+                                           "optimizer": optimizer})
+    with pytest.raises(ValueError, match="diverged in epoch 1.*above"):
+        model.fit(events)
+
+
+def test_non_finite_parameters_are_divergence(events, monkeypatch):
+    from skcrnn._torch import loop
+
+    def poison(module, optimizer, batches, steps, bar):
+        with torch.no_grad():
+            module.output_bias[0] = float("inf")
+        return 1.0
+    monkeypatch.setattr(loop, "_train_epoch", poison)
+    with pytest.raises(ValueError, match=r"diverged in epoch 1.*\['output_bias'\]"):
+        CollaborativeGRURecommender(**TINY).fit(events)
+
+
+# ------------------------------------------------------------ thread policy
+@pytest.mark.parametrize("n_jobs, expected", [(None, 1), (1, 1), (2, 2), (-1, None)])
+def test_n_jobs_sets_torch_threads_during_fit_and_scoring_only(events, monkeypatch,
+                                                              n_jobs, expected):
+    import os
+
+    from skcrnn._torch import loop
+    seen = []
+    real_epoch = loop._train_epoch
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return real_epoch(*args)
+    monkeypatch.setattr(loop, "_train_epoch", spy)
+    torch.set_num_threads(3)  # the module's fixture restores its own setting
+    model = CollaborativeGRURecommender(**{**TINY, "n_jobs": n_jobs}).fit(events)
+    assert torch.get_num_threads() == 3
+    expected = min(expected or os.cpu_count(), os.cpu_count())
+    assert set(seen) == {expected}
+    model.score_samples(events)
+    assert torch.get_num_threads() == 3
+
+
+def test_thread_count_is_restored_when_fit_fails(events, monkeypatch):
+    from skcrnn._torch import loop
+
+    def interrupted(*args):
+        assert torch.get_num_threads() == 1
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "_train_epoch", interrupted)
+    torch.set_num_threads(2)
+    with pytest.raises(KeyboardInterrupt):
+        CollaborativeGRURecommender(**TINY).fit(events)
+    assert torch.get_num_threads() == 2
+
+
+def test_joblib_context_sets_the_default_thread_count(events, monkeypatch):
+    import os
+
+    from joblib import parallel_config
+
+    from skcrnn._torch import loop
+    seen = []
+    real_epoch = loop._train_epoch
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return real_epoch(*args)
+    monkeypatch.setattr(loop, "_train_epoch", spy)
+    with parallel_config(n_jobs=2):
+        CollaborativeGRURecommender(**TINY).fit(events)
+    assert set(seen) == {min(2, os.cpu_count())}
+
+
+def test_n_jobs_zero_is_refused(events):
+    with pytest.raises(ValueError, match="n_jobs == 0"):
+        CollaborativeGRURecommender(**{**TINY, "n_jobs": 0}).fit(events)

@@ -200,7 +200,8 @@ class TorchRecommender(BaseRecommender):
         history, best_epoch = train(
             network, optimizer, batches, steps, max_epochs=max_epochs,
             validate=validate, n_iter_no_change=self.n_iter_no_change, rng=rng,
-            n_steps=n_steps, verbose=self.verbose, checkpoint=checkpoint)
+            n_steps=n_steps, max_loss=_divergence_loss(self.n_items_),
+            verbose=self.verbose, checkpoint=checkpoint)
         return network, history, best_epoch
 
     # -------------------------------------------------------------- scoring
@@ -309,6 +310,16 @@ def _phase(checkpoint, phase, seeds, record, **first):
     if record is not None and record["phase"] == phase:
         resume_from = record["training"]
     return checkpoint.phase(phase, seeds, resume_from=resume_from, **first)
+
+
+def _divergence_loss(n_items):
+    """A training loss above this means divergence: 10 times a uniform guess's, plus 10.
+
+    An untrained network's loss is about ``log(n_items)`` (a uniform guess);
+    training only lowers it, so a loss ten times higher has exploded, even
+    where it is still finite (learning rates of 1e3 and more).
+    """
+    return 10.0 * np.log(max(n_items, 2)) + 10.0
 
 
 def _rebuild_network(network_type, config, state_dict, device):

@@ -83,7 +83,8 @@ class _Progress:
 
 
 def train(module, optimizer, batches, steps, *, max_epochs, validate,
-          n_iter_no_change, rng, n_steps=None, verbose=0, checkpoint=None):
+          n_iter_no_change, rng, n_steps=None, max_loss=np.inf, verbose=0,
+          checkpoint=None):
     """Epochs over ``batches`` with early stopping on ``validate()``.
 
     Parameters
@@ -105,6 +106,9 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
         Shuffles the order of the batches at each epoch.
     n_steps : int, optional
         Steps per epoch, for the progress bar.
+    max_loss : float, default=inf
+        A training loss above this means that training diverged (a loss can
+        explode and stay finite).
     verbose : int
         Progress bar and one line per epoch when positive.
     checkpoint : object or None
@@ -131,8 +135,8 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
     ------
     ValueError
         If the state of ``checkpoint`` does not fit the module or optimizer,
-        or if training diverged: the training loss of an epoch, or a
-        parameter after it, is not finite.
+        or if training diverged: the training loss of an epoch is not finite
+        or above ``max_loss``, or a parameter after it is not finite.
     """
     progress = _Progress()
     if checkpoint is not None:
@@ -150,7 +154,7 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
                                      [batches[i] for i in order], steps, bar)
         train_seconds = time.perf_counter() - started
         train_loss = total_nll / max(n_events, 1)
-        _check_finite(module, train_loss, epoch)
+        _check_divergence(module, train_loss, epoch, max_loss)
         valid_loss = float("nan") if validate is None else float(validate())
         seconds = time.perf_counter() - started
         if verbose:
@@ -185,14 +189,19 @@ def _train_epoch(module, optimizer, batches, steps, bar):
     return 0.0 if total is None else float(total)
 
 
-def _check_finite(module, train_loss, epoch):
-    """Raise the divergence error if the loss or a parameter is not finite."""
+def _check_divergence(module, train_loss, epoch, max_loss):
+    """Raise the divergence error if the loss or a parameter has blown up."""
     broken = [name for name, param in module.named_parameters()
               if not bool(torch.isfinite(param).all())]
-    if np.isfinite(train_loss) and not broken:
+    if np.isfinite(train_loss) and train_loss <= max_loss and not broken:
         return
-    what = (f"the training loss is {train_loss}" if not np.isfinite(train_loss)
-            else f"the parameter(s) {broken} are not finite")
+    if broken:
+        what = f"the parameter(s) {broken} are not finite"
+    elif np.isfinite(train_loss):
+        what = (f"the training loss is {train_loss:.4g} nats, above the "
+                f"{max_loss:.4g} that means divergence")
+    else:
+        what = f"the training loss is {train_loss}"
     raise ValueError(f"Training diverged in epoch {epoch}: {what}. Lower "
                      f"learning_rate (or try optimizer='adam').")
 
