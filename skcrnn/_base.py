@@ -98,6 +98,10 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
     def fit(self, X, y=None):
         """Learn from the events in ``X``.
 
+        The fit is all or nothing: if it raises (bad data found late, a
+        diverging optimizer, ``KeyboardInterrupt``), the recommender is left
+        exactly as it was before the call, fitted or not.
+
         Parameters
         ----------
         X : pandas.DataFrame
@@ -113,21 +117,55 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         self._validate_params()
         self._check_fit_params()
         users, items, times = self._check_events(X)
-        self.classes_, item_codes = np.unique(items, return_inverse=True)
-        self.users_, user_codes = np.unique(users, return_inverse=True)
-        self.n_items_ = len(self.classes_)
-        self.n_users_ = len(self.users_)
+        staged = self._unfitted_copy()
+        staged.classes_, item_codes = np.unique(items, return_inverse=True)
+        staged.users_, user_codes = np.unique(users, return_inverse=True)
+        staged.n_items_ = len(staged.classes_)
+        staged.n_users_ = len(staged.users_)
         order = time_order(user_codes, times)
         history = Sequences(
-            user_codes=np.arange(self.n_users_, dtype=np.int64),
-            indptr=group_sorted(user_codes[order], self.n_users_),
+            user_codes=np.arange(staged.n_users_, dtype=np.int64),
+            indptr=group_sorted(user_codes[order], staged.n_users_),
             items=item_codes[order].astype(np.int64))
-        self._history = history
-        self._fit_sequences(history)
+        staged._history = history
+        staged._fit_sequences(history)
+        self._adopt_fit(staged)
         return self
 
     def _check_fit_params(self):
         """Checks of parameters that constraints cannot express (override)."""
+
+    def _fitted_names(self):
+        """Names of the instance attributes that a fit set.
+
+        Every instance attribute but the constructor's parameters and
+        scikit-learn's own configuration (metadata requests, output settings,
+        the version an unpickled estimator records).
+        """
+        params = self.get_params(deep=False)
+        return [name for name in vars(self) if name not in params
+                and name != "_metadata_request" and not name.startswith("_sklearn")]
+
+    def _unfitted_copy(self):
+        """A shallow copy of ``self`` without its fitted attributes.
+
+        :meth:`fit` fits this copy, so that a fit that raises (bad data found
+        late, a diverging optimizer, ``KeyboardInterrupt``) leaves ``self``
+        as it was. It is made without ``copy.copy``, whose pickling hooks
+        would move a fitted network between devices.
+        """
+        staged = object.__new__(type(self))
+        fitted = set(self._fitted_names())
+        vars(staged).update((name, value) for name, value in vars(self).items()
+                            if name not in fitted)
+        return staged
+
+    def _adopt_fit(self, staged):
+        """Take the fitted attributes of ``staged``, dropping the old ones."""
+        new = {name: getattr(staged, name) for name in staged._fitted_names()}
+        for name in set(self._fitted_names()) - set(new):
+            delattr(self, name)
+        vars(self).update(new)
 
     # ---------------------------------------------------------------- scoring
     def score_samples(self, X):
