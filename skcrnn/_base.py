@@ -118,6 +118,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         self._check_fit_params()
         users, items, times = self._check_events(X)
         staged = self._unfitted_copy()
+        unfitted = set(vars(staged))
         staged.classes_, item_codes = np.unique(items, return_inverse=True)
         staged.users_, user_codes = np.unique(users, return_inverse=True)
         staged.n_items_ = len(staged.classes_)
@@ -129,7 +130,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             items=item_codes[order].astype(np.int64))
         staged._history = history
         staged._fit_sequences(history)
-        self._adopt_fit(staged)
+        self._adopt_fit(staged, unfitted)
         return self
 
     def _check_fit_params(self):
@@ -138,13 +139,16 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
     def _fitted_names(self):
         """Names of the instance attributes that a fit set.
 
-        Every instance attribute but the constructor's parameters and
-        scikit-learn's own configuration (metadata requests, output settings,
-        the version an unpickled estimator records).
+        Those the last :meth:`fit` recorded (public and private), and any
+        public name that ends with an underscore (scikit-learn's convention)
+        or ``_history`` on a model restored otherwise. Other private
+        attributes, such as those scikit-learn's metadata routing, output
+        settings and callbacks put on an estimator, are not fitted state.
         """
-        params = self.get_params(deep=False)
-        return [name for name in vars(self) if name not in params
-                and name != "_metadata_request" and not name.startswith("_sklearn")]
+        recorded = set(vars(self).get("_fit_attributes", ()))
+        return [name for name in vars(self)
+                if name in recorded or name in ("_fit_attributes", "_history")
+                or (name.endswith("_") and not name.startswith("_"))]
 
     def _unfitted_copy(self):
         """A shallow copy of ``self`` without its fitted attributes.
@@ -160,9 +164,12 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
                             if name not in fitted)
         return staged
 
-    def _adopt_fit(self, staged):
-        """Take the fitted attributes of ``staged``, dropping the old ones."""
-        new = {name: getattr(staged, name) for name in staged._fitted_names()}
+    def _adopt_fit(self, staged, unfitted):
+        """Take the attributes that the fit added to ``staged`` (whose names
+        were ``unfitted`` before it), dropping the old fitted ones."""
+        new = {name: value for name, value in vars(staged).items()
+               if name not in unfitted}
+        new["_fit_attributes"] = tuple(sorted(new))
         for name in set(self._fitted_names()) - set(new):
             delattr(self, name)
         vars(self).update(new)

@@ -92,3 +92,20 @@ def test_refit_equals_a_fresh_fit(estimator):
     assert set(vars(model)) == set(vars(fresh))
     np.testing.assert_array_equal(model.score_samples(events),
                                   fresh.score_samples(events))
+
+
+@pytest.mark.parametrize("error", [None, ValueError])
+def test_refit_keeps_private_attributes_it_does_not_own(error, monkeypatch):
+    """Attributes such as those scikit-learn's metadata routing or callbacks
+    put on an estimator (a ``Pipeline`` does during its ``fit``) are no
+    fitted state: a refit, failed or not, keeps them."""
+    model = UniformRecommender().fit(random_events())
+    model._routing_setting = "kept"
+    if error is not None:
+        monkeypatch.setattr(UniformRecommender, "_fit_sequences",
+                            failing_fit(UniformRecommender, error, "early"))
+        with pytest.raises(error):
+            model.fit(other_events())
+    else:
+        model.fit(other_events())
+    assert model._routing_setting == "kept"
