@@ -35,7 +35,10 @@ from ._events import Sequences, check_events, group_sorted, time_order
 
 #: Largest ``predict_proba`` answer (rows x items) built in memory.
 MAX_PREDICT_PROBA_CELLS = 2 ** 27
-#: Rows x items of log-probabilities computed at once by the chunked paths.
+#: Most log-probabilities (rows x items) that the full-distribution paths
+#: (``predict``, ``predict_proba``'s blocks, ``recommend``, the ranking metrics)
+#: compute at once, however long a user's sequence is: 32 MiB of float64
+#: (one row at a time where there are more items).
 _CHUNK_CELLS = 2 ** 22
 #: Entries of a saved file written by :meth:`BaseRecommender.save` itself.
 _BASE_ENTRIES = ("format", "format_version", "estimator", "checksum", "params",
@@ -398,29 +401,33 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
     def _full_log_proba(self, sequences, prefixes):
         """Yield ``(positions, log_proba)`` for the requested prefixes.
 
-        ``positions`` index into ``prefixes``; the work is split into chunks of
-        whole groups so that at most about ``_CHUNK_CELLS`` log-probabilities
-        exist at once.
+        ``positions`` index into ``prefixes``. The prefixes are taken in
+        blocks of at most ``max(1, _CHUNK_CELLS // n_items_)``, so that at
+        most ``_CHUNK_CELLS`` log-probabilities (one row where there are more
+        items) exist at once however many rows a user has: a long user's
+        rows are spread over several blocks, each given the user's items up
+        to its last prefix only.
         """
         prefixes = np.asarray(prefixes, dtype=np.int64)
-        if len(prefixes) == 0:
-            return
         starts = sequences.prefix_start
         group = np.searchsorted(starts, prefixes, side="right") - 1
-        order = np.argsort(group, kind="stable")
-        rows_per_chunk = max(1, _CHUNK_CELLS // self.n_items_)
-        chunk_of = np.arange(len(order)) // rows_per_chunk
-        # keep a group whole: it goes to the chunk its first requested row is in
-        group_sorted_ = group[order]
-        first = np.r_[True, group_sorted_[1:] != group_sorted_[:-1]]
-        chunk_of = np.maximum.accumulate(np.where(first, chunk_of, 0))
-        for chunk in np.unique(chunk_of):
-            positions = order[chunk_of == chunk]
-            groups, local = np.unique(group[positions], return_inverse=True)
-            subset = sequences.subset(groups)
-            local_prefixes = (prefixes[positions] - starts[group[positions]]
-                              + subset.prefix_start[local])
-            yield positions, self._log_proba(subset, local_prefixes)
+        # prefix ids grow with the group, then the position inside it
+        order = np.argsort(prefixes, kind="stable")
+        rows_per_block = max(1, _CHUNK_CELLS // self.n_items_)
+        for first in range(0, len(order), rows_per_block):
+            positions = order[first:first + rows_per_block]
+            yield positions, self._block_log_proba(sequences, group[positions],
+                                                   prefixes[positions])
+
+    def _block_log_proba(self, sequences, group, prefixes):
+        """``_log_proba`` of the prefixes of ``group``, given only the items
+        of each group that its longest requested prefix holds."""
+        groups, local = np.unique(group, return_inverse=True)
+        position = prefixes - sequences.prefix_start[group]
+        longest = np.zeros(len(groups), dtype=np.int64)
+        np.maximum.at(longest, local, position)
+        subset = sequences.subset(groups, keep=longest)
+        return self._log_proba(subset, subset.prefix_start[local] + position)
 
     # ------------------------------------------------------------ persistence
     def save(self, path):

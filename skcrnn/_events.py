@@ -159,10 +159,25 @@ class Sequences:
         """Id of each group's empty prefix; prefix ``(g, k)`` has id start[g] + k."""
         return self.indptr[:-1] + np.arange(self.n_groups)
 
-    def subset(self, groups):
-        """The sequences of the given group indices, in that order."""
+    def subset(self, groups, keep=None):
+        """The sequences of the given group indices, in that order.
+
+        Parameters
+        ----------
+        groups : array-like of int
+            Group indices.
+        keep : array-like of int, optional
+            Keep only the first ``keep[j]`` items of group ``groups[j]`` (all
+            of them where it is longer); by default every item.
+
+        Returns
+        -------
+        Sequences
+        """
         groups = np.asarray(groups, dtype=np.int64)
         lengths = self.lengths[groups]
+        if keep is not None:
+            lengths = np.minimum(lengths, np.asarray(keep, dtype=np.int64))
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         starts = self.indptr[groups]
         event_index = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
