@@ -351,19 +351,32 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
     def _check_events(self, X):
         return check_events(X, self.user_col, self.item_col, self.time_col)
 
-    def _encode_users(self, users):
+    def _encode_users(self, users, rows_per_user=None):
+        """Model codes of distinct ``users``, -1 for those it does not know.
+
+        Unknown users raise or warn as ``handle_unknown`` says. The warning
+        counts them and, given ``rows_per_user`` (the rows of ``X`` of each
+        user, when scoring), the rows they hold; without it the users are
+        being recommended to.
+        """
         codes = self._user_index.get_indexer(users).astype(np.int64)
-        n_unknown = int((codes < 0).sum())
+        unknown = codes < 0
+        n_unknown = int(unknown.sum())
         if n_unknown:
-            examples = pd.unique(users[codes < 0])[:5].tolist()
+            examples = pd.unique(users[unknown])[:5].tolist()
             if self.handle_unknown == "error":
                 raise ValueError(
                     f"{n_unknown} user(s) unknown to the model, e.g. {examples}; "
                     f"set handle_unknown='ignore' to score them from an empty "
                     f"history.")
+            if rows_per_user is None:
+                held, verb = "", "recommended"
+            else:
+                held = f" hold {int(rows_per_user[unknown].sum())} row(s) of X"
+                verb = "scored"
             warnings.warn(
-                f"{n_unknown} row(s) belong to users unknown to the model "
-                f"(e.g. {examples}); they are scored from an empty history.",
+                f"{n_unknown} user(s) unknown to the model (e.g. {examples})"
+                f"{held}; they are {verb} from an empty history.",
                 UserWarning, stacklevel=3)
         return codes
 
@@ -384,9 +397,10 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
                 f"(e.g. {examples}); they are left out of the scoring (NaN) and "
                 f"of the users' histories.", UserWarning, stacklevel=3)
         row_groups, group_users = pd.factorize(users)
-        user_codes = self._encode_users(np.asarray(group_users, dtype=object)
-                                        if group_users.dtype == object
-                                        else np.asarray(group_users))
+        user_codes = self._encode_users(
+            np.asarray(group_users, dtype=object) if group_users.dtype == object
+            else np.asarray(group_users),
+            rows_per_user=np.bincount(row_groups, minlength=len(group_users)))
         return _Continuations.build(row_groups, user_codes, item_codes, times)
 
     @property

@@ -265,5 +265,17 @@ def test_unknown_users_and_items_under_both_policies(handle_unknown):
     with pytest.warns(UserWarning) as record:
         scores = model.score_samples(odd)
     messages = " ".join(str(w.message) for w in record)
-    assert "items unknown" in messages and "users unknown" in messages
+    assert "items unknown" in messages and "user(s) unknown" in messages
     assert np.isnan(scores[0]) and np.isfinite(scores[1])
+
+
+def test_unknown_user_warning_counts_users_and_their_rows():
+    model = BigramRecommender().fit(random_events())
+    odd = pd.DataFrame({"user": [-1, -1, -1, -2, -2, 100], "item": "i1",
+                        "timestamp": range(6)})
+    with pytest.warns(UserWarning, match=r"^2 user\(s\) unknown to the model "
+                      r"\(e\.g\. \[-1, -2\]\) hold 5 row\(s\) of X; "):
+        model.score_samples(odd)
+    with pytest.warns(UserWarning, match=r"^2 user\(s\) unknown to the model "
+                      r"\(e\.g\. \[-1, -2\]\); they are recommended from an empty"):
+        model.recommend([-1, 100, -2], k=2)
