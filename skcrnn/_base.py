@@ -292,13 +292,21 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             How many items per user, ``1 <= k <= n_items_``.
         exclude_seen : bool, default=False
             Leave out items in the user's training history (a user may then get
-            fewer than ``k`` rows).
+            fewer than ``k`` rows). A Python or numpy boolean.
 
         Returns
         -------
         pandas.DataFrame
             Columns user, item, ``score`` (the log-probability) and ``rank``
             (1 for the best), ``k`` rows per user in the order of ``users``.
+
+        Raises
+        ------
+        TypeError
+            If ``k`` is not an integer or ``exclude_seen`` not a boolean.
+        ValueError
+            If ``k`` is out of range, or ``users`` is empty, not
+            one-dimensional or has missing values.
         """
         check_is_fitted(self)
         users = _as_label_array(users, "users")
@@ -308,6 +316,9 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             raise ValueError(
                 f"k must be between 1 and the number of known items "
                 f"({self.n_items_}); got {k}.")
+        if not isinstance(exclude_seen, (bool, np.bool_)):
+            raise TypeError(f"exclude_seen must be True or False; got "
+                            f"{type(exclude_seen).__name__}.")
         users = pd.unique(users)
         codes = self._encode_users(users)
         sequences = Sequences(codes, np.zeros(len(codes) + 1, dtype=np.int64),

@@ -121,6 +121,15 @@ FRAME_CASES = [
      r"k must be between 1 and the number of known items \(8\)"),
     ("recommend-k-float", lambda e: fit(e).recommend([100], k=2.0), TypeError,
      "k must be an integer"),
+    ("recommend-exclude-seen-string", lambda e: fit(e).recommend(
+        [100], k=2, exclude_seen="no"), TypeError,
+     "exclude_seen must be True or False; got str"),
+    ("recommend-exclude-seen-int", lambda e: fit(e).recommend(
+        [100], k=2, exclude_seen=1), TypeError,
+     "exclude_seen must be True or False; got int"),
+    ("recommend-exclude-seen-none", lambda e: fit(e).recommend(
+        [100], k=2, exclude_seen=None), TypeError,
+     "exclude_seen must be True or False; got NoneType"),
     ("recommend-unknown-user-error", lambda e: fit(
         e, UnigramRecommender(handle_unknown="error")).recommend(["nobody"], k=2),
      ValueError, r"1 user\(s\) unknown to the model"),
@@ -239,6 +248,14 @@ def test_duplicate_timestamps_keep_row_order(estimator):
         ticked = tied.assign(timestamp=[9, 10, 11])
         np.testing.assert_array_equal(model.score_samples(tied),
                                       model.score_samples(ticked))
+
+
+def test_recommend_accepts_numpy_booleans():
+    model = fit(random_events())
+    for flag in (False, True):
+        pd.testing.assert_frame_equal(
+            model.recommend([100, 101], k=3, exclude_seen=np.bool_(flag)),
+            model.recommend([100, 101], k=3, exclude_seen=flag))
 
 
 @pytest.mark.parametrize("ids", [[-5, -1, -7], [2 ** 62, 2 ** 62 + 1, -(2 ** 62)]])
