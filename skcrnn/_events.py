@@ -96,15 +96,41 @@ def _check_times(column, col_name, name):
     if pd.api.types.is_datetime64_dtype(dtype):
         return column.to_numpy().view(np.int64)
     if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
-        hint = ("a mix of time zones" if pd.api.types.infer_dtype(column) == "datetime"
-                else f"dtype {dtype}")
+        if pd.api.types.infer_dtype(column) == "datetime":
+            problem = _datetime_objects_problem(column)
+        else:
+            problem = (f"it has dtype {dtype}. Convert it with "
+                       f"pandas.to_datetime(..., utc=True) or to numbers.")
         raise TypeError(
-            f"{name}[{col_name!r}] must be numeric or datetime64; it has {hint}. "
-            f"Convert it with pandas.to_datetime(..., utc=True) or to numbers.")
+            f"{name}[{col_name!r}] must be numeric or datetime64; {problem}")
     values = column.to_numpy()
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise ValueError(f"{name}[{col_name!r}] has infinite time(s).")
     return values
+
+
+def _datetime_objects_problem(column):
+    """What an object column of datetime objects holds, and how to convert it.
+
+    The column holds a real mix of time zones, or aware and naive objects
+    together, or objects that only need converting (one zone or none).
+    """
+    zones = {None if value.tzinfo is None else str(value.tzinfo) for value in column}
+    named = sorted(zone for zone in zones if zone is not None)
+    if named and None in zones:
+        return ("it holds Python datetime objects, some with a time zone and some "
+                "without. Give the naive ones their zone (tz_localize), then "
+                "convert it with pandas.to_datetime(..., utc=True).")
+    if len(named) > 1:
+        return (f"it holds Python datetime objects in a mix of time zones "
+                f"({', '.join(named[:5])}{', ...' if len(named) > 5 else ''}). "
+                f"Convert it with pandas.to_datetime(..., utc=True).")
+    if named:
+        return (f"it holds Python datetime objects in one time zone, {named[0]} "
+                f"(object dtype). Convert it with pandas.to_datetime(..., "
+                f"utc=True).")
+    return ("it holds Python datetime objects without a time zone (object "
+            "dtype). Convert it with pandas.to_datetime(...).")
 
 
 def time_order(group_codes, times):

@@ -8,6 +8,7 @@ that type (scikit-learn's parameter validation raises
 compared with an untouched copy afterwards.
 """
 
+import itertools
 import warnings
 
 import numpy as np
@@ -42,6 +43,14 @@ def fit(frame, model=None):
 def rnn(**params):
     """A tiny recurrent model with ``params`` changed."""
     return CollaborativeGRURecommender(**{**TINY_RNN, **params})
+
+
+def datetime_objects(frame, zones=(None,)):
+    """``frame`` with Python datetime objects as times (object column), the
+    row ``i`` one in ``zones[i % len(zones)]`` (None: without a zone)."""
+    times = [(t if zone is None else t.tz_localize(zone)).to_pydatetime()
+             for t, zone in zip(frame["timestamp"], itertools.cycle(zones))]
+    return frame.assign(timestamp=pd.Series(times, index=frame.index, dtype=object))
 
 
 def mixed_timezones(frame):
@@ -98,7 +107,22 @@ FRAME_CASES = [
     ("string-times", lambda e: fit(e.assign(timestamp=e["timestamp"].astype(str))),
      TypeError, "must be numeric or datetime64.*pandas.to_datetime"),
     ("mixed-timezone-times", lambda e: fit(mixed_timezones(e)), TypeError,
-     "a mix of time zones"),
+     r"a mix of time zones \(Asia/Tokyo, Europe/Zurich\).*utc=True"),
+    ("mixed-timezone-datetime-objects", lambda e: fit(datetime_objects(
+        e, ["Asia/Tokyo", "UTC", "Asia/Tokyo"])), TypeError,
+     r"datetime objects in a mix of time zones \(Asia/Tokyo, UTC\)"),
+    # one zone or none is no mix: the objects only need pandas.to_datetime
+    ("naive-datetime-objects", lambda e: fit(datetime_objects(e)), TypeError,
+     r"^(?!.*mix).*holds Python datetime objects without a time zone \(object "
+     r"dtype\)\. Convert it with pandas\.to_datetime"),
+    ("one-zone-datetime-objects", lambda e: fit(datetime_objects(
+        e, ["Europe/Zurich"])), TypeError,
+     r"^(?!.*mix).*holds Python datetime objects in one time zone, "
+     r"Europe/Zurich \(object dtype\)\. Convert it with pandas\.to_datetime"
+     r"\(\.\.\., utc=True\)"),
+    ("naive-and-aware-datetime-objects", lambda e: fit(datetime_objects(
+        e, [None, "Europe/Zurich"])), TypeError,
+     "datetime objects, some with a time zone and some without"),
     ("bool-times", lambda e: fit(e.assign(timestamp=e.index % 2 == 0)), TypeError,
      "must be numeric or datetime64"),
     ("score-before-fit-frame-check", lambda e: fit(e).score_samples(e.values),
