@@ -1,4 +1,4 @@
-"""The API.md contract, checked for every estimator of the package."""
+"""The public contract (docs/api.rst), checked for every estimator of the package."""
 
 import pickle
 import warnings
