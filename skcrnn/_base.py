@@ -459,17 +459,19 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         """Write the fitted model to one file.
 
         The file holds the parameters, the vocabularies, the users' fitted
-        histories and the fitted arrays and tensors, written with
-        ``torch.save`` as plain values and tensors only, so that
-        ``torch.load(path, weights_only=True)`` reads it (loading runs no
-        code). It also holds a checksum of its content, which :meth:`load`
+        histories and the fitted arrays and tensors: a zip of a JSON
+        document and ``.npy`` arrays, which loads without pickle (loading
+        runs no code) and, for the models that compute with numpy, without
+        torch. It also holds a checksum of its content, which :meth:`load`
         verifies. A ``random_state`` given as a generator object is saved as
         ``None``.
 
         Parameters
         ----------
         path : str or path-like
-            Where to write; an existing file is replaced.
+            Where to write. An existing file is replaced atomically: until
+            the new file is complete, ``path`` holds the old one, even if
+            the save fails or the process is killed.
 
         Raises
         ------
@@ -478,12 +480,16 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         ValueError
             If a label or parameter cannot be saved without pickle (labels
             must be strings, numbers or booleans).
+        OSError
+            If ``path`` is a directory, or its directory is missing or may
+            not be written; raised before any work, naming ``path``.
 
         See Also
         --------
         load : Read the model back.
         """
         check_is_fitted(self)
+        _persistence.check_writable(path)
         state = self._fitted_state()
         clash = sorted(set(state) & set(_BASE_ENTRIES))
         if clash:

@@ -1,12 +1,14 @@
 """save/load of every estimator, and the persistence helpers.
 
-A saved file must load with ``torch.load(weights_only=True)``, and the
-loaded model must be the fitted one attribute for attribute; a file that is
-not right gives a ``ValueError`` that names the problem, never a model with
+A saved file must hold only JSON and ``.npy`` arrays that load without
+pickle (test_persistence_format.py checks the format itself), and the loaded
+model must be the fitted one attribute for attribute; a file that is not
+right gives a ``ValueError`` that names the problem, never a model with
 wrong weights.
 """
 
 import copy
+import json
 import pickle
 import struct
 import warnings
@@ -66,7 +68,7 @@ def saved(fitted, tmp_path):
     """Path of ``fitted`` saved, and the record in it."""
     path = tmp_path / "model.pt"
     fitted.save(path)
-    return path, torch.load(path, weights_only=True)
+    return path, _persistence.read(path, type(fitted).__name__)
 
 
 def quiet(call, *args, **kwargs):
@@ -112,28 +114,50 @@ def test_handle_unknown_survives(fitted, tmp_path, probe):
 
 
 def test_file_needs_no_pickle(fitted, saved):
-    record = saved[1]
+    path, record = saved
     assert record["format"] == "skcrnn-model"
     assert record["format_version"] == FORMAT_VERSION
     assert record["estimator"] == type(fitted).__name__
     assert record["checksum"] == checksum(record)
     for value in _leaves(record):
-        assert isinstance(value, (torch.Tensor, str, int, float, type(None))), value
+        assert isinstance(value, (torch.Tensor, np.ndarray, str, int, float,
+                                  type(None))), value
         if isinstance(value, torch.Tensor):
             assert value.device.type == "cpu"
+    with zipfile.ZipFile(path) as archive:  # JSON, and arrays without objects
+        names = archive.namelist()
+        assert names[0] == "record.json"
+        document = json.loads(archive.read("record.json"))
+        assert document["checksum"] == record["checksum"]
+        for name in names[1:]:
+            assert name.startswith("arrays/") and name.endswith(".npy"), name
+            with archive.open(name) as member:
+                np.lib.format.read_array(member, allow_pickle=False)
 
 
 def test_arrays_keep_their_dtypes(fitted, saved):
     for name in getattr(type(fitted), "_saved_attributes", {}):
         value = getattr(fitted, name)
         if isinstance(value, np.ndarray):
-            assert saved[1][name].numpy().dtype == value.dtype, name
+            assert type(saved[1][name]) is np.ndarray, name
+            assert saved[1][name].dtype == value.dtype, name
+
+
+def _as_torch_record(value):
+    """A record as format versions 1 and 2 held it: arrays as CPU tensors."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, dict):
+        return {key: _as_torch_record(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_torch_record(item) for item in value]
+    return value
 
 
 def test_version_1_files_without_checksum_still_load(fitted, saved, probe, tmp_path):
     old = tmp_path / "old.pt"
-    torch.save({**{k: v for k, v in saved[1].items() if k != "checksum"},
-                "format_version": 1}, old)
+    torch.save(_as_torch_record({**{k: v for k, v in saved[1].items()
+                                    if k != "checksum"}, "format_version": 1}), old)
     np.testing.assert_array_equal(
         quiet(type(fitted).load(old).score_samples, probe),
         quiet(fitted.score_samples, probe))
@@ -192,18 +216,41 @@ def test_unsavable_labels_are_refused_before_writing(tmp_path):
 
 
 # ----------------------------------------------------------- bad files
-def _flip_inside_a_tensor(path):
-    """Flip a byte in the middle of the file's largest tensor storage."""
+def _flip_in_member(path, part):
+    """Flip a byte in the middle of the largest member of the zip at ``path``
+    whose name has ``part`` (the zip's CRC-32 of it left as it was)."""
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         info = max((entry for entry in archive.infolist()
-                    if "/data/" in entry.filename), key=lambda entry: entry.file_size)
+                    if part in entry.filename), key=lambda entry: entry.file_size)
     # a local header is 30 bytes, then the name, then the extra field
     name_length, extra_length = struct.unpack(
         "<HH", data[info.header_offset + 26:info.header_offset + 30])
     start = info.header_offset + 30 + name_length + extra_length
     data[start + info.file_size // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def _flip_inside_an_array(path):
+    """Flip a byte in the middle of the file's largest array."""
+    _flip_in_member(path, ".npy")
+
+
+def _rewrite_member(path, name, data):
+    """Replace a member of the zip at ``path`` by ``data`` (its CRC-32
+    updated, as a zip tool would)."""
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, content in members:
+            archive.writestr(info, data if info.filename == name else content)
+
+
+def _edit_document(path, **changes):
+    """Change entries of the file's JSON document, its checksum left as it was."""
+    with zipfile.ZipFile(path) as archive:
+        document = json.loads(archive.read("record.json"))
+    _rewrite_member(path, "record.json", json.dumps({**document, **changes}))
 
 
 _DROP = object()
@@ -232,10 +279,13 @@ DAMAGES = {
         path.read_bytes()[:len(path.read_bytes()) // 2]), "damaged or truncated"),
     "truncated-tail": (lambda path, record, model: path.write_bytes(
         path.read_bytes()[:-10]), "damaged or truncated"),
-    "flipped-byte": (lambda path, record, model: _flip_inside_a_tensor(path),
+    "flipped-byte": (lambda path, record, model: _flip_inside_an_array(path),
                      "is damaged: its content does not match its checksum"),
-    "edited-without-checksum": (lambda path, record, model: torch.save(
-        {**record, "estimator": "SomeOtherRecommender"}, path),
+    "edited-without-checksum": (lambda path, record, model: _edit_document(
+        path, estimator="SomeOtherRecommender"), "does not match its checksum"),
+    "edited-without-checksum-v2": (lambda path, record, model: torch.save(
+        _as_torch_record({**record, "format_version": 2,
+                          "estimator": "SomeOtherRecommender"}), path),
         "does not match its checksum"),
     "foreign-torch-file": (lambda path, record, model: torch.save(
         {"weights": torch.zeros(3)}, path), "has no 'skcrnn-model' stamp"),
@@ -243,11 +293,17 @@ DAMAGES = {
         pickle.dumps(model)), "is not a skcrnn model file"),
     "torch-saved-model": (lambda path, record, model: torch.save(model, path),
                           "is not a skcrnn model file"),
-    "newer-version": (lambda path, record, model: torch.save(
-        {**record, "format_version": FORMAT_VERSION + 1}, path),
+    "newer-version": (lambda path, record, model: _edit_document(
+        path, format_version=FORMAT_VERSION + 1),
         f"format version {FORMAT_VERSION + 1}; .* Upgrade skcrnn"),
-    "version-not-a-number": (lambda path, record, model: torch.save(
-        {**record, "format_version": "2"}, path), "format version is '2'"),
+    "newer-version-torch": (lambda path, record, model: torch.save(
+        _as_torch_record({**record, "format_version": FORMAT_VERSION + 1}), path),
+        f"format version {FORMAT_VERSION + 1}; .* Upgrade skcrnn"),
+    "version-not-a-number": (lambda path, record, model: _edit_document(
+        path, format_version="2"), "format version is '2'"),
+    "version-not-a-number-torch": (lambda path, record, model: torch.save(
+        _as_torch_record({**record, "format_version": "2"}), path),
+        "format version is '2'"),
     "missing-entry": (lambda path, record, model: _rewrite(
         path, record, fit_sequences=_DROP),
         "damaged skcrnn model file: KeyError: 'fit_sequences'"),
@@ -288,12 +344,15 @@ def test_file_of_another_estimator_is_refused(fitted, split, tmp_path):
 
 def test_arrays_of_the_wrong_shape_are_damage(fitted, saved):
     path, record = saved
-    entry = next((k for k, v in record.items()
-                  if k not in _STAMP and isinstance(v, torch.Tensor) and v.ndim), None)
+    entry = next((k for k, v in record.items() if k not in _STAMP
+                  and isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim), None)
     if entry is None:  # only the uniform model has no fitted array of its own
         assert isinstance(fitted, UniformRecommender), type(fitted).__name__
         return
-    longer = torch.cat([record[entry], record[entry][:1]])
+    if isinstance(record[entry], torch.Tensor):
+        longer = torch.cat([record[entry], record[entry][:1]])
+    else:
+        longer = np.concatenate([record[entry], record[entry][:1]])
     _rewrite(path, record, **{entry: longer})
     with pytest.raises(ValueError, match=r"damaged skcrnn model file: .*"
                                          r"(has shape|do not match)"):
@@ -303,7 +362,7 @@ def test_arrays_of_the_wrong_shape_are_damage(fitted, saved):
 def test_sparse_matrix_of_the_wrong_shape_is_damage(split, tmp_path):
     path = tmp_path / "model.pt"
     BigramRecommender().fit(split[0]).save(path)
-    record = torch.load(path, weights_only=True)
+    record = _persistence.read(path, "BigramRecommender")
     counts = record["transition_counts_"]
     _rewrite(path, record, transition_counts_={
         **counts, "csr_shape": [counts["csr_shape"][0] + 1, counts["csr_shape"][1]]})
@@ -422,6 +481,15 @@ def test_checksum_sees_every_value():
                     {**record, "c": {"d": torch.zeros(2, dtype=torch.int64)}},
                     {"b": record["b"], "a": record["a"], "c": record["c"]}):
         assert checksum(changed) != digest
+
+
+def test_checksum_tells_arrays_from_tensors():
+    digest = checksum({"a": np.arange(4.0)})
+    assert checksum({"a": np.arange(4.0)}) == digest
+    for changed in (np.arange(4.0) + [0, 0, 0, 0.5], np.arange(4.0).reshape(2, 2),
+                    np.arange(4, dtype=np.float32), np.arange(4.0).astype(">f8"),
+                    torch.arange(4.0, dtype=torch.float64)):
+        assert checksum({"a": changed}) != digest
 
 
 # ----------------------------------------------------------------- compare

@@ -89,7 +89,8 @@ def assert_same_fit(model, reference, events):
 
 
 def read_checkpoint(directory):
-    return torch.load(directory / FILENAME, weights_only=True)
+    return _persistence.read(directory / FILENAME,
+                             "CollaborativeGRURecommender checkpoint")
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +312,7 @@ def test_relabelled_events_and_other_settings_resume(interrupted, events):
 def test_damaged_checkpoints_are_refused(interrupted, events, tmp_path):
     path = interrupted / FILENAME
     good = path.read_bytes()
-    record = torch.load(path, weights_only=True)
+    record = _persistence.read(path, "CollaborativeGRURecommender checkpoint")
     payload = {key: value for key, value in record.items()
                if key not in ("format", "format_version", "estimator", "checksum")}
     training_state = payload["training"]
@@ -350,7 +351,8 @@ def test_damaged_checkpoints_are_refused(interrupted, events, tmp_path):
 
 # ---------------------------------------------------------------- pieces
 def test_checkpoint_file_needs_no_pickle_and_holds_the_run(interrupted):
-    record = torch.load(interrupted / FILENAME, weights_only=True)
+    record = _persistence.read(interrupted / FILENAME,
+                               "CollaborativeGRURecommender checkpoint")
     assert record["format"] == "skcrnn-model"
     assert record["estimator"] == "CollaborativeGRURecommender checkpoint"
     assert record["fingerprint"]["hidden_size"] == 4

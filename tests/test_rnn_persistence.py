@@ -52,7 +52,7 @@ def test_gpu_model_file_loads_on_cpu_only_machine(fitted, split, tmp_path):
     """A file of a model trained with device='cuda' (its tensors are saved on
     the CPU) loads on the CPU here, without a device argument."""
     fitted.save(tmp_path / "model.pt")
-    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    record = _persistence.read(tmp_path / "model.pt", "CollaborativeGRURecommender")
     _persistence.write(tmp_path / "gpu.pt", record["estimator"], {
         **{k: v for k, v in record.items() if k not in (
             "format", "format_version", "estimator", "checksum")},
@@ -79,7 +79,7 @@ def test_cuda_model_round_trip(split, tmp_path):
 
 def test_missing_network_is_a_damaged_file(fitted, tmp_path):
     fitted.save(tmp_path / "model.pt")
-    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    record = _persistence.read(tmp_path / "model.pt", "CollaborativeGRURecommender")
     _persistence.write(tmp_path / "damaged.pt", record["estimator"], {
         k: v for k, v in record.items() if k not in (
             "format", "format_version", "estimator", "checksum", "network_state")})
@@ -90,7 +90,7 @@ def test_missing_network_is_a_damaged_file(fitted, tmp_path):
 
 def test_weights_of_another_size_are_a_damaged_file(fitted, tmp_path):
     fitted.save(tmp_path / "model.pt")
-    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    record = _persistence.read(tmp_path / "model.pt", "CollaborativeGRURecommender")
     state = dict(record["network_state"])
     state["item_input"] = torch.zeros(state["item_input"].shape[0] + 1,
                                       state["item_input"].shape[1])
