@@ -1,8 +1,8 @@
 """Checkpoints of a torch model's training, to resume a fit that was killed.
 
 A fit with a ``checkpoint_dir`` keeps one file there, :data:`FILENAME`,
-rewritten atomically after every epoch: a ``torch.save`` dict of plain values
-and tensors (readable with ``torch.load(path, weights_only=True)``) with
+rewritten atomically after every epoch (:func:`skcrnn._persistence.write`:
+a zip of JSON and arrays, read back without pickle) with
 
 - ``fingerprint``: what the fit that wrote it depended on (training
   parameters, the encoded sequences); a fit resumes only from its own;
@@ -16,13 +16,11 @@ and tensors (readable with ``torch.load(path, weights_only=True)``) with
 import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .. import _persistence
-from .._files import fsync_directory
 
 #: Name of the checkpoint file inside ``checkpoint_dir``.
 FILENAME = "checkpoint.pt"
@@ -141,20 +139,8 @@ class Checkpoint:
     def write(self, record):
         """Replace the file by ``record`` atomically (a crash leaves the old one)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(
-            prefix=f".{FILENAME}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                _persistence.write(handle, self.stamp,
-                                   {"fingerprint": self.fingerprint, **record})
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        fsync_directory(self.path.parent)
+        _persistence.write(self.path, self.stamp,
+                           {"fingerprint": self.fingerprint, **record})
 
     def remove(self):
         """Delete the file, and temporary files that killed writers left."""
