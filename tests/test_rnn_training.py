@@ -271,11 +271,8 @@ def test_non_finite_parameters_are_divergence(events, monkeypatch):
 
 
 # ------------------------------------------------------------ thread policy
-@pytest.mark.parametrize("n_jobs, expected", [(None, 1), (1, 1), (2, 2), (-1, None)])
-def test_n_jobs_sets_torch_threads_during_fit_and_scoring_only(events, monkeypatch,
-                                                              n_jobs, expected):
-    import os
-
+def threads_of_epochs(monkeypatch):
+    """The list that receives torch's thread count at the start of each epoch."""
     from skcrnn._torch import loop
     seen = []
     real_epoch = loop._train_epoch
@@ -284,6 +281,14 @@ def test_n_jobs_sets_torch_threads_during_fit_and_scoring_only(events, monkeypat
         seen.append(torch.get_num_threads())
         return real_epoch(*args)
     monkeypatch.setattr(loop, "_train_epoch", spy)
+    return seen
+
+
+@pytest.mark.parametrize("n_jobs, expected", [(None, 1), (1, 1), (2, 2), (-1, None)])
+def test_n_jobs_sets_torch_threads_during_fit_and_scoring_only(events, monkeypatch,
+                                                              n_jobs, expected):
+    import os
+    seen = threads_of_epochs(monkeypatch)
     torch.set_num_threads(3)  # the module's fixture restores its own setting
     model = CollaborativeGRURecommender(**{**TINY, "n_jobs": n_jobs}).fit(events)
     assert torch.get_num_threads() == 3
@@ -310,15 +315,7 @@ def test_joblib_context_sets_the_default_thread_count(events, monkeypatch):
     import os
 
     from joblib import parallel_config
-
-    from skcrnn._torch import loop
-    seen = []
-    real_epoch = loop._train_epoch
-
-    def spy(*args):
-        seen.append(torch.get_num_threads())
-        return real_epoch(*args)
-    monkeypatch.setattr(loop, "_train_epoch", spy)
+    seen = threads_of_epochs(monkeypatch)
     with parallel_config(n_jobs=2):
         CollaborativeGRURecommender(**TINY).fit(events)
     assert set(seen) == {min(2, os.cpu_count())}

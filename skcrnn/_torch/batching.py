@@ -142,14 +142,3 @@ def make_batches(sequences, batch_size, device):
             users=torch.as_tensor(sequences.user_codes[groups], device=device),
             items=torch.as_tensor(items, device=device), lengths=lengths))
     return batches
-
-
-def make_batches(sequences, batch_size, device):
-    """The training batches of :func:`length_sorted_batches`, padded."""
-    batches = []
-    for groups in length_sorted_batches(sequences.lengths, batch_size):
-        items, lengths = pad(sequences, groups)
-        batches.append(Batch(
-            users=torch.as_tensor(sequences.user_codes[groups], device=device),
-            items=torch.as_tensor(items, device=device), lengths=lengths))
-    return batches
