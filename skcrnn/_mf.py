@@ -5,10 +5,10 @@ become a distribution with a softmax over all items,
 
     P(i | u) = (1 - w) softmax_i(a * s_ui + b * log(1 + c_i)) + w / n_items,
 
-whose three scalars ``a``, ``b`` and ``w`` are fitted by maximum likelihood on
-the tail of each user's training sequence, with factors fitted on the rest
-only: the calibration never sees the events it is judged on, nor any data
-being scored later.
+whose three scalars ``a``, ``b`` and ``w`` are fitted by maximum likelihood
+(with a weak prior on ``a`` and ``b``) on the tail of each user's training
+sequence, with factors fitted on the rest only: the calibration never sees the
+events it is judged on, nor any data being scored later.
 """
 
 import warnings
@@ -23,6 +23,14 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from threadpoolctl import threadpool_limits
 
 from ._base import _CHUNK_CELLS, BaseRecommender
+
+#: Standard deviation of the Gaussian prior on the softmax weights ``a`` and
+#: ``b`` in the calibration, in logits per standard deviation of their feature
+#: (factor scores, log popularity) over the held-out events. It weighs like one
+#: event among all the held-out ones: negligible on a real tail, it keeps a
+#: tail of a few events, whose likelihood alone may grow without end with
+#: ``|a|`` or ``|b|``, from a saturated softmax.
+_WEIGHT_PRIOR_SD = 10.0
 
 
 def calibration_split(sequences, fraction):
@@ -69,7 +77,10 @@ class MatrixFactorizationRecommender(BaseRecommender):
     ``calibration_fraction`` of each user's training sequence is held out,
     factors are fitted on the rest, the three scalars are fitted on the
     held-out tail, and then the factors are fitted again on all training
-    events (same seed) and used with the calibrated scalars.
+    events (same seed) and used with the calibrated scalars. A weak Gaussian
+    prior on ``a`` and ``b`` (standard deviation 10 logits per standard
+    deviation of the scores and of ``log(1 + c_i)``, as much weight as one
+    held-out event) keeps them finite on a tail of a few events.
 
     The model is static: a known user's distribution does not change along
     a scored sequence (the rows of ``X`` before a row play no role). A user
@@ -133,7 +144,7 @@ class MatrixFactorizationRecommender(BaseRecommender):
         Number of held-out tail events the scalars were fitted on.
     calibration_log_likelihood_ : float
         Mean log-likelihood of those events at the fitted scalars (with the
-        factors fitted without them).
+        factors fitted without them), without the prior.
     classes_, users_, n_items_, n_users_
         See :class:`UniformRecommender`.
 
@@ -268,28 +279,39 @@ class MatrixFactorizationRecommender(BaseRecommender):
                 np.asarray(model.item_factors, dtype=np.float64))
 
     def _calibrate(self, user_f, item_f, popularity, tail_users, tail_items):
-        """Maximum-likelihood ``a``, ``b``, ``w`` on the held-out tail events."""
+        """Most probable ``a``, ``b``, ``w`` given the held-out tail events.
+
+        The mean log-likelihood of the tail, minus the weak prior's penalty,
+        is maximized over ``a`` and ``b``, in units of their features' spread
+        so that the unknowns have the same scale, and ``w``: first over ``a``
+        and ``b`` alone, at ``w = uniform_share_init``, from
+        ``a = 1 / std(scores)`` and ``b = 1``; then over all three.
+        """
         objective = _TailLikelihood(user_f, item_f, popularity, tail_users,
                                     tail_items)
-        # a is searched as a multiple of 1/std(scores) so that all three
-        # unknowns start on the same scale
-        scale = objective.score_scale
-        start = np.array([1.0, 1.0, logit(self.uniform_share_init)])
+        initial_share = self.uniform_share_init
 
-        def negative(theta):
-            value, grad = objective(theta[0] * scale, theta[1], theta[2])
-            grad[0] *= scale
-            return -value, -grad
+        def at_initial_share(weights):
+            value, grad = objective.penalized(np.r_[weights, initial_share])
+            return value, grad[:2]
 
+        # The mixture's likelihood is not concave. From the plain start, a
+        # first step could reach w = 1, where a and b no longer matter and
+        # the prior takes them to 0: a stationary point no better than the
+        # uniform model. A nearly pure softmax's is concave in a and b.
+        start = objective.standardized(objective.score_scale, 1.0, initial_share)
+        weights = _maximize(at_initial_share, start[:2], [(None, None)] * 2).x
         # |logit w| <= 30 keeps both mixture weights representable
-        bounds = [(None, None), (None, None), (-30.0, 30.0)]
-        result = minimize(negative, start, jac=True, method="L-BFGS-B",
-                          bounds=bounds)
-        self.score_weight_ = float(result.x[0] * scale)
-        self.popularity_weight_ = float(result.x[1])
-        self._uniform_logit = float(result.x[2])
-        self.uniform_share_ = float(expit(result.x[2]))
-        self.calibration_log_likelihood_ = float(-result.fun)
+        bounds = [(None, None), (None, None), (expit(-30.0), expit(30.0))]
+        result = _maximize(objective.penalized, np.r_[weights, initial_share],
+                           bounds)
+        a, b, w = objective.natural(result.x)
+        self.score_weight_ = float(a)
+        self.popularity_weight_ = float(b)
+        self._uniform_logit = float(logit(w))
+        self.uniform_share_ = float(w)
+        self.calibration_log_likelihood_ = float(
+            -result.fun + objective.penalty(result.x)[0])
 
     # ---------------------------------------------------------------- scoring
     def _log_proba(self, sequences, prefixes, targets=None):
@@ -320,6 +342,15 @@ class MatrixFactorizationRecommender(BaseRecommender):
         return _mix(log_softmax, self._uniform_logit, self.n_items_)
 
 
+def _maximize(function, start, bounds):
+    """L-BFGS-B from ``start`` on ``function(x) = (value, gradient)``, within
+    ``bounds``; ``scipy.optimize.minimize``'s result of ``-function``."""
+    def negative(x):
+        value, gradient = function(x)
+        return -value, -gradient
+    return minimize(negative, start, jac=True, method="L-BFGS-B", bounds=bounds)
+
+
 def _mix(log_softmax, uniform_logit, n_items):
     """``log((1 - w) softmax + w / n_items)`` with ``w = expit(uniform_logit)``."""
     return np.logaddexp(log_expit(-uniform_logit) + log_softmax,
@@ -335,6 +366,13 @@ def _row_dots(left, left_rows, right, right_rows, chunk=2 ** 16):
         out[part] = np.einsum("ij,ij->i", left[left_rows[part]],
                               right[right_rows[part]])
     return out
+
+
+def _inverse_spread(values):
+    """``1 / std(values)``, or 1 for values without spread (one item, say),
+    which say nothing about their weight: 1 / ~0 sent it to ~1e12."""
+    spread = float(np.std(values))
+    return 1.0 / spread if spread > 1e-8 else 1.0
 
 
 def _user_chunks(n_users, n_items):
@@ -367,7 +405,15 @@ def _log_normalizers(user_f, item_f, popularity, a, b):
 
 
 class _TailLikelihood:
-    """Mean log-likelihood of held-out events and its gradient in (a, b, logit w)."""
+    """Mean log-likelihood of held-out events and its gradient in (a, b, w).
+
+    :meth:`penalized` adds the prior on ``a`` and ``b`` and works in
+    standardized units, ``theta = (a / score_scale, b / popularity_scale, w)``.
+    ``w`` itself, not its logit, is the third unknown: the likelihood is
+    concave in ``w``, and its slope does not vanish as ``w`` nears 0 or 1,
+    where that in ``logit w`` does (``w (1 - w)`` times it) and left the
+    optimizer stranded at, e.g., ``w = 0.99999``.
+    """
 
     def __init__(self, user_f, item_f, popularity, tail_users, tail_items):
         self.users, event_user = np.unique(tail_users, return_inverse=True)
@@ -376,12 +422,32 @@ class _TailLikelihood:
         self.event_user, self.items = event_user, tail_items
         self.event_scores = _row_dots(self.user_f, event_user, item_f, tail_items)
         self.event_popularity = popularity[tail_items]
-        # scores without spread (one item, say) say nothing about a: keep its
-        # search on scale 1 instead of 1 / ~0, which sent a to ~1e12
-        spread = float(np.std(self.event_scores))
-        self.score_scale = 1.0 / spread if spread > 1e-8 else 1.0
+        self.score_scale = _inverse_spread(self.event_scores)
+        self.popularity_scale = _inverse_spread(self.event_popularity)
 
-    def __call__(self, a, b, c):
+    def standardized(self, a, b, w):
+        """``theta`` of ``(a, b, w)``."""
+        return np.array([a / self.score_scale, b / self.popularity_scale, w])
+
+    def natural(self, theta):
+        """``(a, b, w)`` of ``theta``."""
+        return (theta[0] * self.score_scale, theta[1] * self.popularity_scale,
+                theta[2])
+
+    def penalty(self, theta):
+        """The prior's penalty at ``theta``, per held-out event, and its gradient."""
+        precision = 1.0 / (_WEIGHT_PRIOR_SD ** 2 * len(self.items))
+        weights = np.array([theta[0], theta[1], 0.0])
+        return 0.5 * precision * float(weights @ weights), precision * weights
+
+    def penalized(self, theta):
+        """Mean log-likelihood minus the penalty, and its gradient in ``theta``."""
+        value, grad = self(*self.natural(theta))
+        grad *= [self.score_scale, self.popularity_scale, 1.0]
+        penalty, penalty_grad = self.penalty(theta)
+        return value - penalty, grad - penalty_grad
+
+    def __call__(self, a, b, w):
         n_users, n_items = len(self.users), len(self.item_f)
         log_norm = np.empty(n_users)
         mean_score = np.empty(n_users)  # softmax expectations, for the gradient
@@ -393,15 +459,17 @@ class _TailLikelihood:
             mean_score[chunk] = np.einsum("ij,ij->i", weights, scores) / totals
             mean_popularity[chunk] = (weights @ self.popularity) / totals
         u = self.event_user
-        w = expit(c)
         log_softmax = (a * self.event_scores + b * self.event_popularity
                        - log_norm[u])
-        log_mix = _mix(log_softmax, c, n_items)
-        # share of each event's probability that comes from the softmax part
-        softmax_share = np.exp(log_expit(-c) + log_softmax - log_mix)
+        log_mix = np.logaddexp(np.log1p(-w) + log_softmax,
+                               np.log(w) - np.log(n_items))
+        # each event's softmax probability over its probability, and the share
+        # of the latter that comes from the softmax part
+        softmax_ratio = np.exp(log_softmax - log_mix)
+        softmax_share = (1.0 - w) * softmax_ratio
         grad = np.array([
             np.mean(softmax_share * (self.event_scores - mean_score[u])),
             np.mean(softmax_share * (self.event_popularity - mean_popularity[u])),
-            np.mean(1.0 - w - softmax_share),
+            np.mean(np.exp(-np.log(n_items) - log_mix) - softmax_ratio),
         ])
         return float(np.mean(log_mix)), grad

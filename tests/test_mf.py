@@ -95,6 +95,8 @@ def test_calibration_uses_a_training_tail_and_factors_fitted_without_it(
 
 
 def test_calibrated_scalars_maximize_the_tail_likelihood(split, monkeypatch):
+    """The scalars maximize the tail likelihood under the weak prior on a and
+    b; calibration_log_likelihood_ is the likelihood alone."""
     from skcrnn import _mf
     captured = {}
     likelihood = _mf._TailLikelihood
@@ -106,13 +108,50 @@ def test_calibrated_scalars_maximize_the_tail_likelihood(split, monkeypatch):
     monkeypatch.setattr(_mf, "_TailLikelihood", spy)
     model = MatrixFactorizationRecommender(n_factors=8, random_state=0).fit(split[0])
     objective = captured["objective"]
-    a, b, c = (model.score_weight_, model.popularity_weight_,
-               np.log(model.uniform_share_ / (1 - model.uniform_share_)))
-    best, _ = objective(a, b, c)
-    assert best == pytest.approx(model.calibration_log_likelihood_)
-    for da, db, dc in [(0.3, 0, 0), (-0.3, 0, 0), (0, 0.3, 0), (0, -0.3, 0),
-                       (0, 0, 0.5), (0, 0, -0.5)]:
-        assert objective(a * (1 + da), b + db, c + dc)[0] < best
+    a, b, w = model.score_weight_, model.popularity_weight_, model.uniform_share_
+    assert objective(a, b, w)[0] == pytest.approx(model.calibration_log_likelihood_)
+    theta = objective.standardized(a, b, w)
+    best, gradient = objective.penalized(theta)
+    np.testing.assert_allclose(gradient, 0.0, atol=1e-4)
+    for step in np.vstack([np.eye(3), -np.eye(3)]) * [0.1, 0.1, 0.5 * w]:
+        assert objective.penalized(theta + step)[0] < best
+    # the prior is weak: the likelihood alone is nearly as high
+    assert best == pytest.approx(model.calibration_log_likelihood_, abs=1e-3)
+
+
+def tiny_tail(seed, n_users=6, n_items=8, n_tail=10, n_factors=4):
+    """Factors and a tail of 10 events that the factors know nothing about."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n_users, n_factors)),
+            rng.normal(size=(n_items, n_factors)),
+            np.log1p(rng.integers(5, 15, n_items)).astype(float),
+            np.sort(rng.integers(0, n_users, n_tail)), rng.integers(0, n_items, n_tail))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_calibration_of_a_tiny_tail_ends_at_a_maximum(seed):
+    """On 10 held-out events the likelihood alone may grow without end as a
+    or b do. The calibration used to stop where the softmax saturates and
+    every slope underflows (e.g. a = -844, w = 0.99999, where a known user
+    scored exactly like a stranger), or where the slope in logit w vanished
+    (w near 0 or 1). Now a and b stay within what the prior allows, and the
+    result is a maximum: every small step from it loses."""
+    from skcrnn import _mf
+    user_f, item_f, popularity, tail_users, tail_items = tiny_tail(seed)
+    model = MatrixFactorizationRecommender()
+    model.n_items_ = len(item_f)
+    model._calibrate(user_f, item_f, popularity, tail_users, tail_items)
+    objective = _mf._TailLikelihood(user_f, item_f, popularity, tail_users, tail_items)
+    theta = objective.standardized(model.score_weight_, model.popularity_weight_,
+                                   model.uniform_share_)
+    # better than a = b = 0 (uniform, whatever w), so |(a, b)| is bounded
+    bound = _mf._WEIGHT_PRIOR_SD * np.sqrt(2 * len(tail_items) * np.log(len(item_f)))
+    assert np.hypot(*theta[:2]) <= bound
+    found = objective.penalized(theta)[0]
+    assert found >= objective.penalized([0.0, 0.0, 0.5])[0]
+    for step in np.vstack([np.eye(3), -np.eye(3)]) * [0.05, 0.05, 0.01]:
+        if 0 < theta[2] + step[2] < 1:
+            assert objective.penalized(theta + step)[0] < found - 1e-7
 
 
 def test_static_known_user_and_popularity_for_strangers(model, split):
