@@ -31,6 +31,12 @@ from ._base import _CHUNK_CELLS, BaseRecommender
 #: tail of a few events, whose likelihood alone may grow without end with
 #: ``|a|`` or ``|b|``, from a saturated softmax.
 _WEIGHT_PRIOR_SD = 10.0
+#: One evaluation of the calibration's likelihood computes each held-out
+#: user's normalizer over every item: users x items cells. At most this many
+#: per training event (or ``_CALIBRATION_MIN_CELLS`` where that is more) are
+#: computed; beyond, the calibration uses the tails of a random sample of users.
+_CALIBRATION_CELLS_PER_EVENT = 16
+_CALIBRATION_MIN_CELLS = 2 ** 24
 
 
 def calibration_split(sequences, fraction):
@@ -58,6 +64,17 @@ def calibration_split(sequences, fraction):
     return sequences.position_of_event >= first_tail
 
 
+def _calibration_users(tail_users, n_items, n_events, seed):
+    """The held-out users whose tails calibrate: all of them, or a random
+    sample small enough that their normalizers fit the budget of cells."""
+    users = np.unique(tail_users)
+    budget = max(_CALIBRATION_MIN_CELLS, _CALIBRATION_CELLS_PER_EVENT * n_events)
+    n_kept = max(1, int(budget // n_items))
+    if n_kept >= len(users):
+        return users
+    return np.sort(np.random.RandomState(seed).choice(users, n_kept, replace=False))
+
+
 class MatrixFactorizationRecommender(BaseRecommender):
     r"""Static user/item factors from ``implicit``, calibrated into probabilities.
 
@@ -80,7 +97,11 @@ class MatrixFactorizationRecommender(BaseRecommender):
     events (same seed) and used with the calibrated scalars. A weak Gaussian
     prior on ``a`` and ``b`` (standard deviation 10 logits per standard
     deviation of the scores and of ``log(1 + c_i)``, as much weight as one
-    held-out event) keeps them finite on a tail of a few events.
+    held-out event) keeps them finite on a tail of a few events. Where the
+    held-out users times the items exceed both 16 per training event and
+    ``2**24``, the scalars are fitted on the tails of a random sample of the
+    users that keeps within the larger bound, so that the calibration's time
+    grows with the events, not with users x items.
 
     The model is static: a known user's distribution does not change along
     a scored sequence (the rows of ``X`` before a row play no role). A user
@@ -221,14 +242,16 @@ class MatrixFactorizationRecommender(BaseRecommender):
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         tail = calibration_split(sequences, self.calibration_fraction)
         users, items = sequences.group_of_event, sequences.items
-        self.n_calibration_events_ = int(tail.sum())
+        calibrated = tail & np.isin(users, _calibration_users(
+            users[tail], self.n_items_, len(items), seed))
+        self.n_calibration_events_ = int(calibrated.sum())
         if self.n_calibration_events_:
             head_counts = self._count_matrix(users[~tail], items[~tail])
             user_f, item_f = self._factorize(head_counts, seed)
             head_popularity = np.log1p(np.bincount(items[~tail],
                                                    minlength=self.n_items_))
-            self._calibrate(user_f, item_f, head_popularity, users[tail],
-                            items[tail])
+            self._calibrate(user_f, item_f, head_popularity, users[calibrated],
+                            items[calibrated])
         else:
             warnings.warn("No user has two training events: the softmax cannot "
                           "be calibrated and uses a=0, b=1 (popularity).",

@@ -226,3 +226,42 @@ def test_scores_without_spread_keep_the_calibration_finite():
     test = events.tail(3)
     np.testing.assert_allclose(np.exp(model.score_samples(test)), 1.0, rtol=1e-12)
     np.testing.assert_allclose(model.predict_proba(test), 1.0, rtol=1e-12)
+
+
+def test_calibration_work_grows_with_events_not_users_times_items(monkeypatch):
+    """One evaluation of the tail likelihood computes a normalizer over all
+    items for each user it holds: users x items cells, ~20-60 times per fit.
+    Beyond a budget that grows with the events, the calibration uses the tails
+    of a random sample of users."""
+    from skcrnn import _mf
+    monkeypatch.setattr(_mf, "_CALIBRATION_MIN_CELLS", 0, raising=False)
+    monkeypatch.setattr(_mf, "_CALIBRATION_CELLS_PER_EVENT", 4, raising=False)
+    captured = []
+    likelihood = _mf._TailLikelihood
+
+    def spy(*args):
+        captured.append(likelihood(*args))
+        return captured[-1]
+
+    monkeypatch.setattr(_mf, "_TailLikelihood", spy)
+    # 300 users x 400 items = 120,000 cells, for 1,800 events
+    events = taste_events(n_users=300, n_items=400, n_per_user=6)
+    model = MatrixFactorizationRecommender(n_factors=8, random_state=0).fit(events)
+    objective, = captured
+    assert len(objective.users) * model.n_items_ <= 4 * len(events)
+    assert len(objective.users) >= 4 * len(events) // model.n_items_
+    assert model.n_calibration_events_ == len(objective.items)
+
+
+def test_sampled_calibration_scores_like_the_full_one(monkeypatch):
+    from skcrnn import _mf
+    train, test = suffix_split(taste_events(n_users=200, n_items=100, n_per_user=40,
+                                            seed=1), 0.2, 2, 50)
+    full = MatrixFactorizationRecommender(n_factors=8, random_state=0).fit(train)
+    monkeypatch.setattr(_mf, "_CALIBRATION_MIN_CELLS", 0, raising=False)
+    # about a quarter of the users' tails
+    monkeypatch.setattr(_mf, "_CALIBRATION_CELLS_PER_EVENT",
+                        full.n_users_ * full.n_items_ / len(train) / 4, raising=False)
+    sampled = MatrixFactorizationRecommender(n_factors=8, random_state=0).fit(train)
+    assert sampled.n_calibration_events_ < full.n_calibration_events_ / 3
+    assert sampled.score(test) == pytest.approx(full.score(test), abs=0.02)
