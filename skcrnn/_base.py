@@ -121,7 +121,6 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         self._check_fit_params()
         users, items, times = self._check_events(X)
         staged = self._unfitted_copy()
-        unfitted = set(vars(staged))
         staged.classes_, item_codes = np.unique(items, return_inverse=True)
         staged.users_, user_codes = np.unique(users, return_inverse=True)
         staged.n_items_ = len(staged.classes_)
@@ -133,24 +132,24 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             items=item_codes[order].astype(np.int64))
         staged._history = history
         staged._fit_sequences(history)
-        self._adopt_fit(staged, unfitted)
+        self._adopt_fit(staged)
         return self
 
     def _check_fit_params(self):
         """Checks of parameters that constraints cannot express (override)."""
 
     def _fitted_names(self):
-        """Names of the instance attributes that a fit set.
+        """Names of the attributes that a fit (or :meth:`load`) sets.
 
-        Those the last :meth:`fit` recorded (public and private), and any
-        public name that ends with an underscore (scikit-learn's convention)
-        or ``_history`` on a model restored otherwise. Other private
-        attributes, such as those scikit-learn's metadata routing, output
-        settings and callbacks put on an estimator, are not fitted state.
+        Public names that end with an underscore (scikit-learn's convention),
+        ``_history`` and the private names of ``_saved_attributes``. Other
+        private attributes, such as those that scikit-learn's metadata
+        routing, output settings and callbacks put on an estimator, are no
+        fitted state.
         """
-        recorded = set(vars(self).get("_fit_attributes", ()))
-        return [name for name in vars(self)
-                if name in recorded or name in ("_fit_attributes", "_history")
+        private = {"_history"} | {name for name in self._saved_attributes
+                                  if name.startswith("_")}
+        return [name for name in vars(self) if name in private
                 or (name.endswith("_") and not name.startswith("_"))]
 
     def _unfitted_copy(self):
@@ -167,15 +166,13 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
                             if name not in fitted)
         return staged
 
-    def _adopt_fit(self, staged, unfitted):
-        """Take the attributes that the fit added to ``staged`` (whose names
-        were ``unfitted`` before it), dropping the old fitted ones."""
-        new = {name: value for name, value in vars(staged).items()
-               if name not in unfitted}
-        new["_fit_attributes"] = tuple(sorted(new))
-        for name in set(self._fitted_names()) - set(new):
-            delattr(self, name)
-        vars(self).update(new)
+    def _adopt_fit(self, staged):
+        """Make the fit of ``staged`` this estimator's, in one assignment.
+
+        The old fitted attributes that the new fit did not set go with the
+        old dictionary; the other attributes were copied into ``staged``.
+        """
+        self.__dict__ = vars(staged)
 
     # ---------------------------------------------------------------- scoring
     def score_samples(self, X):
