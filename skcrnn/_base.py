@@ -5,7 +5,11 @@
 ``predict``, ``recommend``, ``handle_unknown``). A model fills in two steps:
 
 ``_fit_sequences(sequences)``
-    learn from the encoded training sequences (one group per known user);
+    learn from the encoded training sequences (one group per known user). It
+    runs on a copy of the estimator without its fitted attributes (with the
+    parameters, ``classes_``, ``users_``, ``n_items_``, ``n_users_`` and
+    ``_history`` set), whose attributes become the estimator's only when it
+    returns;
 ``_log_proba(sequences, prefixes, targets=None)``
     next-item log-probabilities after the requested prefixes of *continuation*
     sequences, i.e. sequences that continue each group's user's training
