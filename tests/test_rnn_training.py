@@ -324,3 +324,28 @@ def test_joblib_context_sets_the_default_thread_count(events, monkeypatch):
 def test_n_jobs_zero_is_refused(events):
     with pytest.raises(ValueError, match="n_jobs == 0"):
         CollaborativeGRURecommender(**{**TINY, "n_jobs": 0}).fit(events)
+
+
+def test_recurrence_steps_run_on_one_thread_and_the_output_layer_on_n_jobs(
+        events, monkeypatch):
+    """Tiny step kernels lose to thread wake-ups; the output layer's products gain."""
+    import os
+
+    from skcrnn._rnn import cells, tbptt
+    if os.cpu_count() < 2:
+        pytest.skip("one processor: every count is 1")
+    steps, products = [], []
+    real_step, real_loss = cells.GRUCell.step, tbptt.summed_cross_entropy
+
+    def step(self, *args):
+        steps.append(torch.get_num_threads())
+        return real_step(self, *args)
+
+    def loss(*args, **kwargs):
+        products.append(torch.get_num_threads())
+        return real_loss(*args, **kwargs)
+    monkeypatch.setattr(cells.GRUCell, "step", step)
+    monkeypatch.setattr(tbptt, "summed_cross_entropy", loss)
+    CollaborativeGRURecommender(**{**TINY, "n_jobs": 2}).fit(events)
+    assert set(products) == {2}
+    assert 1 in set(steps)  # training steps (scoring runs on n_jobs threads)

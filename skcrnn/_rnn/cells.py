@@ -19,9 +19,10 @@ and the tanh cell is ``h' = tanh(h @ R + e)``.
 A cell is used by three loops (:mod:`.recurrence`): the inference runs and
 the autograd reference call :meth:`~GRUCell.step` alone; the training
 recurrence calls :meth:`~GRUCell.step` forward, then the hand-written
-back-propagation through time: :meth:`~GRUCell.backward_factors` once per
-chunk (everything that does not depend on the incoming gradient), and
-:meth:`~GRUCell.backward_step` once per step. The step's pre-activation
+back-propagation through time: :meth:`~GRUCell.backward_factors` and
+:meth:`~GRUCell.gradient_views` once per chunk (everything that does not
+depend on the incoming gradient), and :meth:`~GRUCell.backward_step` once
+per step. The step's pre-activation
 gradients are also the gradients of its input terms (they enter additively),
 and the recurrent matrices' gradients are the products of
 :meth:`~GRUCell.recurrent_inputs` with them, formed once per chunk.
@@ -112,6 +113,16 @@ class GRUCell:
                 candidate_derivative * update, 1 - update, reset.contiguous())
 
     @staticmethod
+    def gradient_views(grad_pre):
+        """Per step, the views of ``(B, T, 3H)`` pre-activation gradients
+        that :meth:`backward_step` writes: ``z``'s, ``r``'s, ``c``'s and
+        ``[z | r]``'s (made once per chunk: slicing costs a call)."""
+        size = grad_pre.shape[-1] // 3
+        parts = (grad_pre[..., :size], grad_pre[..., size:2 * size],
+                 grad_pre[..., 2 * size:], grad_pre[..., :2 * size])
+        return list(zip(*(part.split(1, dim=1) for part in parts)))
+
+    @staticmethod
     def backward_step(grad, grad_state, factors, weights_t, out):
         """Back-propagate one step.
 
@@ -129,8 +140,9 @@ class GRUCell:
             This step's slices of :meth:`backward_factors`.
         weights_t : tuple
             The split recurrent matrices, transposed.
-        out : Tensor of shape (B, 1, 3H)
-            Receives the pre-activation gradients ``[dz | dr | dc]``.
+        out : tuple
+            This step's :meth:`gradient_views`, which receive the
+            pre-activation gradients ``[dz | dr | dc]``.
 
         Returns
         -------
@@ -138,12 +150,11 @@ class GRUCell:
             Gradient of the state before the step.
         """
         update_factor, reset_factor, candidate_factor, keep_factor, reset = factors
-        size = grad.shape[-1]
-        grad_gates, grad_candidate = out[..., :2 * size], out[..., 2 * size:]
+        grad_update, grad_reset, grad_candidate, grad_gates = out
         torch.mul(grad, candidate_factor, out=grad_candidate)
         grad_reset_hidden = grad_candidate @ weights_t[1]
-        torch.mul(grad, update_factor, out=out[..., :size])
-        torch.mul(grad_reset_hidden, reset_factor, out=out[..., size:2 * size])
+        torch.mul(grad, update_factor, out=grad_update)
+        torch.mul(grad_reset_hidden, reset_factor, out=grad_reset)
         grad = torch.addcmul(grad_state, grad, keep_factor)
         grad.addcmul_(grad_reset_hidden, reset)
         return affine(grad, grad_gates, weights_t[0])
@@ -180,9 +191,14 @@ class TanhCell:
         return (1 - saved[0] * saved[0],)
 
     @staticmethod
+    def gradient_views(grad_pre):
+        """Per step, the one view of the pre-activation gradients."""
+        return [(view,) for view in grad_pre.split(1, dim=1)]
+
+    @staticmethod
     def backward_step(grad, grad_state, factors, weights_t, out):
         """``dpre = g (1 - h'^2)``; ``dh = dpre @ R^T``; as :meth:`GRUCell.backward_step`."""
-        pre = torch.mul(grad, factors[0], out=out)
+        pre = torch.mul(grad, factors[0], out=out[0])
         return affine(grad_state, pre, weights_t[0])
 
     @staticmethod

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .._torch.batching import pad
+from .._torch.runtime import small_kernels
 
 #: Elements of gathered per-user recurrent matrices held at once by forward runs
 #: (a few MiB: larger batches of users spend their steps waiting on memory).
@@ -98,7 +99,9 @@ class _ChunkRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, start, inputs, weights, unit, n_steps):
-        stacked, hidden, saved = _run_steps(start, inputs, weights, unit, n_steps)
+        with small_kernels(start):
+            stacked, hidden, saved = _run_steps(start, inputs, weights, unit,
+                                                n_steps)
         ctx.config = (unit, n_steps, inputs.shape[1], inputs.shape[2],
                       weights.dim() == 2)
         ctx.save_for_backward(weights, stacked[:, :n_steps], *saved)
@@ -107,6 +110,11 @@ class _ChunkRecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_states, grad_final):
+        with small_kernels(ctx.saved_tensors[0]):
+            return _ChunkRecurrence._backward(ctx, grad_states, grad_final)
+
+    @staticmethod
+    def _backward(ctx, grad_states, grad_final):
         unit, n_steps, n_columns, width, shared = ctx.config
         weights, before, *saved = ctx.saved_tensors
         size = weights.shape[-2]
@@ -125,7 +133,7 @@ class _ChunkRecurrence(torch.autograd.Function):
                              in unit.backward_factors(before, saved))))
         weights_t = tuple(part.transpose(-1, -2) for part in unit.split(weights))
         grad_after = grad_states.split(1, dim=1)
-        pre_steps = grad_pre.split(1, dim=1)
+        pre_steps = unit.gradient_views(grad_pre)
         for t in range(n_steps - 1, -1, -1):
             grad = unit.backward_step(grad, grad_after[t], factors[t], weights_t,
                                       pre_steps[t])

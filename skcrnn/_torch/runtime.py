@@ -6,7 +6,8 @@ Each is decided in one place, when a model fits (or loads), never at import:
   and says clearly when this machine lacks it;
 - :func:`cpu_threads` is the thread policy: torch's intra-op threads follow
   scikit-learn's ``n_jobs`` convention, and the caller's setting is restored
-  afterwards, on error too;
+  afterwards, on error too; inside it, :func:`small_kernels` runs loops of
+  tiny kernels (a recurrence's steps) on one thread;
 - :func:`draw_seeds` draws the two seeds of a fit (weights, batch order).
 """
 
@@ -112,6 +113,7 @@ class _ThreadPolicy:
 
 
 _policy = _ThreadPolicy()
+_small = _ThreadPolicy()
 
 
 def cpu_threads(n_jobs):
@@ -120,4 +122,20 @@ def cpu_threads(n_jobs):
     The caller's count is restored on exit, also when the block raises.
     """
     return _policy(n_threads(n_jobs))
+
+
+@contextmanager
+def small_kernels(tensor):
+    """Run the enclosed CPU kernels on one thread, then restore the count.
+
+    For loops of tiny kernels, such as a recurrence's steps (20 x 32 x 96
+    products): a second thread costs more to wake than it saves. Large
+    kernels outside keep the threads of :func:`cpu_threads`. Does nothing
+    for tensors on other devices.
+    """
+    if tensor.device.type != "cpu":
+        yield
+        return
+    with _small(1):
+        yield
 
