@@ -440,3 +440,25 @@ def test_unusable_checkpoint_dir_is_refused_before_training(events, tmp_path, pr
     error = PermissionError if problem == "read-only" else ValueError
     with pytest.raises(error, match="checkpoint_dir=.*" + directory.name):
         CollaborativeGRURecommender(**TINY, checkpoint_dir=directory).fit(events)
+
+
+def test_lazy_rows_only_of_parameters_declared_row_indexed():
+    """A step may update only some rows of a parameter the network declares so."""
+    from skcrnn._torch.optim import Rows
+    network = CollaborativeRNN(3, 5, 2, cell="gru", shared=True, candidate="tanh")
+    network.reset_parameters(torch.Generator().manual_seed(0))
+    assert "recurrent" not in network.row_indexed  # shared: one set for all
+    optimizer = Optimizer(network, "rmsprop", 0.01, 0.9, 1e-8)
+    rows = Rows()
+    leaf = rows.read("recurrent", network.recurrent, torch.tensor([0]))
+    leaf.sum().backward()
+    with pytest.raises(ValueError, match=r"\['recurrent'\].*row-indexed"):
+        optimizer.step(rows.touched)
+    per_user = CollaborativeRNN(3, 5, 2, cell="gru", shared=False, candidate="tanh")
+    per_user.reset_parameters(torch.Generator().manual_seed(0))
+    before = per_user.recurrent.detach().clone()
+    rows = Rows()
+    rows.read("recurrent", per_user.recurrent, torch.tensor([2])).sum().backward()
+    Optimizer(per_user, "rmsprop", 0.01, 0.9, 1e-8).step(rows.touched)
+    changed = (per_user.recurrent.detach() != before).flatten(1).any(dim=1)
+    assert changed.tolist() == [False, False, True]

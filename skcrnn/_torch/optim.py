@@ -52,6 +52,7 @@ class Optimizer:
 
     def __init__(self, module, name, learning_rate, rho, epsilon):
         self.module = module
+        self.row_indexed = dict(getattr(module, "row_indexed", {}))
         self.name = name
         self.learning_rate = learning_rate
         self.rho = rho
@@ -126,6 +127,10 @@ class Optimizer:
             those rows are updated from the leaf's gradient, alone.
         """
         touched = touched or {}
+        undeclared = set(touched) - set(self.row_indexed)
+        if undeclared:
+            raise ValueError(f"The step read rows of {sorted(undeclared)}, which "
+                             f"the network does not declare row-indexed.")
         for name, param in self.module.named_parameters():
             rows, grad = None, param.grad
             if name in touched:
