@@ -35,7 +35,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _persistence
-from ._events import Sequences, check_events, group_sorted, time_order
+from ._events import Sequences, check_events, group_sorted, time_kind, time_order
 
 #: Largest ``predict_proba`` answer (rows x items) built in memory.
 MAX_PREDICT_PROBA_CELLS = 2 ** 27
@@ -46,7 +46,7 @@ MAX_PREDICT_PROBA_CELLS = 2 ** 27
 _CHUNK_CELLS = 2 ** 22
 #: Entries of a saved file written by :meth:`BaseRecommender.save` itself.
 _BASE_ENTRIES = ("format", "format_version", "estimator", "checksum", "params",
-                 "classes", "users", "fit_sequences")
+                 "classes", "users", "fit_sequences", "last_times", "time_kind")
 #: Errors that restoring a model from a record with missing or odd entries
 #: raises; :meth:`BaseRecommender.load` reports them as a damaged file.
 _DAMAGE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError,
@@ -135,6 +135,8 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             indptr=group_sorted(user_codes[order], staged.n_users_),
             items=item_codes[order].astype(np.int64))
         staged._history = history
+        staged._time_kind = time_kind(X[self.time_col])
+        staged._last_times = times[order][history.indptr[1:] - 1]
         staged._fit_sequences(history)
         self._adopt_fit(staged)
         return self
@@ -151,8 +153,8 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         routing, output settings and callbacks put on an estimator, are no
         fitted state.
         """
-        private = {"_history"} | {name for name in self._saved_attributes
-                                  if name.startswith("_")}
+        private = {"_history", "_last_times", "_time_kind"} | {
+            name for name in self._saved_attributes if name.startswith("_")}
         return [name for name in vars(self) if name in private
                 or (name.endswith("_") and not name.startswith("_"))]
 
@@ -177,6 +179,242 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         old dictionary; the other attributes were copied into ``staged``.
         """
         self.__dict__ = vars(staged)
+
+    # ------------------------------------------------------------ living logs
+    def update(self, X):
+        """Append events to the users' histories, without learning.
+
+        Each row of ``X`` is appended to its user's history, after the
+        events seen so far; nothing the model learned changes. Scoring,
+        :meth:`predict_proba` and :meth:`recommend` then continue from the
+        longer histories (a recurrent model advances each updated user's
+        cached state instead of replaying the history): for a model fitted
+        on ``X0``, ``update(X1)`` then ``score_samples(X2)`` equals
+        ``score_samples(concat(X1, X2))`` on the rows of ``X2``.
+
+        Users not yet known are added to ``users_`` (after the known ones)
+        with the events of ``X`` as their history; where the model has
+        per-user parameters, they are scored with the documented fallback of
+        unknown users until :meth:`partial_fit` learns theirs. Items unknown
+        to the model follow ``handle_unknown``: left out with a warning, or
+        ``ValueError``. The update is all or nothing: if it raises, the
+        model is left as it was.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events with the user, item and time columns, none earlier than
+            its user's last event seen so far.
+
+        Returns
+        -------
+        self : object
+            The updated recommender.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the model is not fitted.
+        ValueError
+            If an event is earlier than its user's last stored event, or
+            (``handle_unknown="error"``) its item is unknown.
+        TypeError
+            If ``X``'s times are not of the kind (datetime or numeric) that
+            the model was fitted with.
+        """
+        check_is_fitted(self)
+        appended = self._encode_appended(X)
+        staged = self._shallow_copy()
+        staged._grow_users(appended.new_users)
+        staged._append_events(appended.sequences)
+        staged._extend_history(appended)
+        self._adopt_fit(staged)
+        return self
+
+    def partial_fit(self, X, y=None):
+        """Continue learning from the events in ``X``.
+
+        scikit-learn's incremental convention: on an unfitted recommender
+        this is :meth:`fit`. On a fitted one, users and items not yet known
+        are added to ``users_`` and ``classes_`` (after the known ones, in
+        sorted order), the events are appended to their users' histories as
+        :meth:`update` does, and learning continues from the current
+        parameters (each model says how in its docstring; the count models
+        then equal a fit on every event seen so far, exactly). It is all or
+        nothing: if it raises, the model is left as it was.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events with the user, item and time columns, none earlier than
+            its user's last event seen so far.
+        y : None
+            Ignored; present for scikit-learn's API.
+
+        Returns
+        -------
+        self : object
+            The updated recommender.
+
+        Raises
+        ------
+        ValueError
+            If an event is earlier than its user's last stored event.
+        TypeError
+            If ``X``'s times are not of the kind (datetime or numeric) that
+            the model was fitted with.
+        """
+        if not hasattr(self, "classes_"):
+            return self.fit(X, y)
+        self._validate_params()
+        self._check_fit_params()
+        appended = self._encode_appended(X, learn_items=True)
+        staged = self._shallow_copy()
+        staged._grow_items(appended.new_items)
+        staged._grow_users(appended.new_users)
+        previous_history = staged._history
+        staged._extend_history(appended)
+        staged._learn_events(appended.sequences, previous_history)
+        self._adopt_fit(staged)
+        return self
+
+    def _learn_events(self, continuation, previous_history):
+        """Continue learning from the appended events (override).
+
+        Called by :meth:`partial_fit` with ``classes_`` and ``users_`` grown
+        (new codes after the old ones) and ``_history`` already holding the
+        appended events; ``previous_history`` is the history before them.
+        Like :meth:`_append_events`, it replaces fitted attributes with new
+        objects and grows those indexed by user or item.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot yet continue learning from new "
+            f"events; use update() to follow them, or fit() on all events.")
+
+    def _grow_items(self, new_items):
+        """Append ``new_items`` (labels) to ``classes_``."""
+        if len(new_items):
+            self.classes_ = _concatenate_labels(self.classes_, new_items)
+            self.n_items_ = len(self.classes_)
+
+    def _append_events(self, continuation):
+        """Follow the appended events without learning (override).
+
+        Called by :meth:`update` with ``users_`` already grown and the
+        previous ``_history`` in place. ``continuation`` has one group per
+        updated user (codes into ``users_``), items in time order. A model
+        whose fitted attributes depend on the histories (a cached state, the
+        last item, the user's counts) replaces them here with new objects,
+        never changing the old ones in place (the update is all or nothing).
+        """
+
+    def _grow_users(self, new_users):
+        """Append ``new_users`` (labels) to ``users_``."""
+        if len(new_users):
+            self.users_ = _concatenate_labels(self.users_, new_users)
+            self.n_users_ = len(self.users_)
+
+    def _encode_appended(self, X, learn_items=False):
+        """Validate and encode events appended to the histories.
+
+        Returns an :class:`_Appended`: the continuation sequences (one group
+        per user with at least one known item, codes into ``users_`` grown by
+        the new users, which are numbered after the known ones in sorted
+        order), the new users' and (with ``learn_items``) the new items'
+        labels, and each group's last time. Without ``learn_items``, unknown
+        items follow ``handle_unknown``.
+        """
+        users, items, times = self._check_events(X)
+        kind = time_kind(X[self.time_col])
+        if getattr(self, "_time_kind", kind) not in (None, kind):
+            raise TypeError(
+                f"X[{self.time_col!r}] holds {kind} times, but the model was "
+                f"fitted with {self._time_kind} times; convert them.")
+        new_items = np.empty(0, dtype=self.classes_.dtype)
+        if learn_items:
+            item_codes = self._item_index.get_indexer(items).astype(np.int64)
+            new_items = np.unique(items[item_codes < 0])
+            item_codes = np.where(item_codes >= 0, item_codes, self.n_items_
+                                  + pd.Index(new_items).get_indexer(items))
+        else:
+            item_codes = self._encode_items(items)
+        known_user = self._user_index.get_indexer(users).astype(np.int64)
+        self._check_order(users, known_user, times)
+        keep = item_codes >= 0
+        new_users = np.unique(users[keep & (known_user < 0)])
+        user_codes = known_user
+        if len(new_users):
+            new_codes = pd.Index(new_users).get_indexer(users)
+            user_codes = np.where(known_user >= 0, known_user,
+                                  self.n_users_ + new_codes)
+        order = time_order(user_codes, times)
+        order = order[keep[order]]
+        groups, first = np.unique(user_codes[order], return_index=True)
+        indptr = np.append(first, len(order)).astype(np.int64)
+        sequences = Sequences(groups.astype(np.int64), indptr,
+                              item_codes[order].astype(np.int64))
+        return _Appended(sequences, new_users, times[order][indptr[1:] - 1],
+                         new_items)
+
+    def _encode_items(self, items):
+        """Item codes, ``-1`` for unknown items (left out, with a warning)."""
+        codes = self._item_index.get_indexer(items).astype(np.int64)
+        n_unknown = int((codes < 0).sum())
+        if n_unknown:
+            examples = pd.unique(items[codes < 0])[:5].tolist()
+            if self.handle_unknown == "error":
+                raise ValueError(
+                    f"{n_unknown} row(s) of X have items unknown to the model, "
+                    f"e.g. {examples}; set handle_unknown='ignore' to leave them "
+                    f"out, or use partial_fit to learn them.")
+            warnings.warn(
+                f"{n_unknown} row(s) of X have items unknown to the model "
+                f"(e.g. {examples}); they are left out of the users' "
+                f"histories.", UserWarning, stacklevel=4)
+        return codes
+
+    def _check_order(self, users, codes, times):
+        """Raise ``ValueError`` if an event is earlier than its user's last one."""
+        last = getattr(self, "_last_times", None)
+        known = np.flatnonzero(codes >= 0)
+        if last is None or not len(known):
+            return
+        early = known[times[known] < last[codes[known]]]
+        if len(early):
+            examples = pd.unique(users[early])[:5].tolist()
+            raise ValueError(
+                f"{len(early)} row(s) of X are earlier than their user's last "
+                f"event seen so far (users e.g. {examples}); a history only "
+                f"grows forward in time. Nothing was changed.")
+
+    def _extend_history(self, appended):
+        """Append the continuation to ``_history`` and the users' last times."""
+        old, new = self._history, appended.sequences
+        groups = np.concatenate([old.group_of_event,
+                                 new.user_codes[new.group_of_event]])
+        items = np.concatenate([old.items, new.items])
+        order = np.argsort(groups, kind="stable")  # a user's old events first
+        self._history = Sequences(
+            user_codes=np.arange(self.n_users_, dtype=np.int64),
+            indptr=group_sorted(groups[order], self.n_users_),
+            items=items[order])
+        last = getattr(self, "_last_times", None)
+        if last is not None:
+            grown = np.empty(self.n_users_, dtype=np.result_type(last, appended.last_times))
+            grown[:len(last)] = last
+            grown[new.user_codes] = appended.last_times
+            self._last_times = grown
+
+    def _shallow_copy(self):
+        """A copy of ``self`` that shares its attributes' objects.
+
+        :meth:`update` and :meth:`partial_fit` work on it and replace
+        attributes with new objects, so that ``self`` is untouched until
+        they succeed.
+        """
+        staged = object.__new__(type(self))
+        vars(staged).update(vars(self))
+        return staged
 
     # ---------------------------------------------------------------- scoring
     def score_samples(self, X):
@@ -501,6 +739,8 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             "classes": _persistence.labels_to_plain(self.classes_),
             "users": _persistence.labels_to_plain(self.users_),
             "fit_sequences": _persistence.sequences_to_tensors(self._history),
+            "last_times": getattr(self, "_last_times", None),
+            "time_kind": getattr(self, "_time_kind", None),
             **state,
         }
         _persistence.write(path, type(self).__name__, payload)
@@ -558,6 +798,12 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         history = _persistence.sequences_from_tensors(record["fit_sequences"])
         _persistence.check_history(history, self.n_users_, self.n_items_)
         self._history = history
+        # files written before update() existed have neither: any order goes
+        self._time_kind = record.get("time_kind")
+        last_times = record.get("last_times")
+        if last_times is not None and np.shape(last_times) != (self.n_users_,):
+            raise ValueError("its users' last times do not match its users")
+        self._last_times = None if last_times is None else np.asarray(last_times)
 
     def _fitted_state(self):
         """What ``_fit_sequences`` learned, as entries of a saved file.
@@ -582,6 +828,26 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         for name, spec in self._saved_attributes.items():
             setattr(self, name,
                     _persistence.from_saved(record[name], spec, sizes, name))
+
+
+class _Appended:
+    """Events appended to the histories, encoded (see ``_encode_appended``)."""
+
+    def __init__(self, sequences, new_users, last_times, new_items):
+        self.sequences = sequences
+        self.new_users = new_users
+        self.last_times = last_times
+        self.new_items = new_items
+
+
+def _concatenate_labels(labels, more):
+    """``labels`` followed by ``more``, an object array where the kinds differ."""
+    if labels.dtype == more.dtype or labels.dtype.kind == more.dtype.kind:
+        return np.concatenate([labels, more])
+    out = np.empty(len(labels) + len(more), dtype=object)
+    out[:len(labels)] = labels
+    out[len(labels):] = more
+    return out
 
 
 class _Continuations:

@@ -3,11 +3,21 @@
 from numbers import Real
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils._param_validation import Interval
 
 from ._base import BaseRecommender
 from ._sparse import (count_in_prefix, count_matrix, dense_rows, lookup,
                       prefix_count_rows)
+
+
+def _grow_rows(matrix, n_rows):
+    """A sparse ``matrix`` with empty rows appended up to ``n_rows``."""
+    matrix = sp.csr_matrix(matrix)
+    if matrix.shape[0] == n_rows:
+        return matrix
+    return sp.vstack([matrix, sp.csr_matrix((n_rows - matrix.shape[0],
+                                             matrix.shape[1]))], format="csr")
 
 
 def _prefix_coordinates(sequences, prefixes):
@@ -16,7 +26,20 @@ def _prefix_coordinates(sequences, prefixes):
     return groups, prefixes - sequences.prefix_start[groups]
 
 
-class UniformRecommender(BaseRecommender):
+class _CountRecommender(BaseRecommender):
+    """A count model: ``partial_fit`` recounts every event of the histories.
+
+    Counting is linear in the events, so recounting the histories (where
+    ``partial_fit`` has just appended the new events) costs about what adding
+    the new counts would, and makes ``partial_fit`` equal to a ``fit`` on
+    every event seen so far (those of ``update`` included), exactly.
+    """
+
+    def _learn_events(self, continuation, previous_history):
+        self._fit_sequences(self._history)
+
+
+class UniformRecommender(_CountRecommender):
     """Every known item is equally likely: ``P(i) = 1 / n_items``.
 
     Parameters
@@ -62,7 +85,7 @@ class UniformRecommender(BaseRecommender):
         return np.full(shape, -np.log(self.n_items_))
 
 
-class UnigramRecommender(BaseRecommender):
+class UnigramRecommender(_CountRecommender):
     """Global item frequency with add-``alpha`` smoothing.
 
     ``P(i) = (c_i + alpha) / (N + alpha * n_items)``, where ``c_i`` counts item
@@ -113,7 +136,7 @@ class UnigramRecommender(BaseRecommender):
         return np.tile(self.item_log_proba_, (len(prefixes), 1))
 
 
-class PersonalUnigramRecommender(BaseRecommender):
+class PersonalUnigramRecommender(_CountRecommender):
     """The user's own item frequencies, backed off to the global unigram.
 
     ``P(i | history) = (c_u(i) + beta * p(i)) / (n_u + beta)``, where
@@ -164,6 +187,13 @@ class PersonalUnigramRecommender(BaseRecommender):
         counts = np.bincount(sequences.items, minlength=self.n_items_)
         self.global_proba_ = counts / counts.sum()
 
+    def _append_events(self, continuation):
+        # the appended events are part of the users' histories, which the
+        # counts summarize (the global unigram, learned, stays)
+        self.user_item_counts_ = _grow_rows(self.user_item_counts_, self.n_users_) + (
+            count_matrix(continuation.user_codes[continuation.group_of_event],
+                         continuation.items, (self.n_users_, self.n_items_)))
+
     def _log_proba(self, sequences, prefixes, targets=None):
         groups, lengths = _prefix_coordinates(sequences, prefixes)
         users = sequences.user_codes[groups]
@@ -179,7 +209,7 @@ class PersonalUnigramRecommender(BaseRecommender):
         return np.log(counts + self.beta * self.global_proba_) - denominator[:, None]
 
 
-class BigramRecommender(BaseRecommender):
+class BigramRecommender(_CountRecommender):
     """First-order Markov chain over items, backed off to the unigram.
 
     ``P(j | previous item i) = (c(i, j) + alpha * p(j)) / (c(i) + alpha)``,
@@ -237,6 +267,13 @@ class BigramRecommender(BaseRecommender):
         self.global_proba_ = counts / counts.sum()
         self.last_item_ = items[sequences.indptr[1:] - 1]
         self._set_out_counts()
+
+    def _append_events(self, continuation):
+        last_item = np.full(self.n_users_, -1, dtype=np.int64)
+        last_item[:len(self.last_item_)] = self.last_item_
+        last_item[continuation.user_codes] = continuation.items[
+            continuation.indptr[1:] - 1]
+        self.last_item_ = last_item
 
     def _restore_fitted_state(self, record, device):
         super()._restore_fitted_state(record, device)

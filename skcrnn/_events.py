@@ -133,6 +133,14 @@ def _datetime_objects_problem(column):
             "dtype). Convert it with pandas.to_datetime(...).")
 
 
+def time_kind(column):
+    """``"datetime"`` for a datetime column (with or without a zone), else ``"numeric"``."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(dtype):
+        return "datetime"
+    return "numeric"
+
+
 def time_order(group_codes, times):
     """Row order that sorts by group then time, keeping ties in row order."""
     order = np.argsort(times, kind="stable")

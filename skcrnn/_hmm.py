@@ -173,11 +173,23 @@ class HMMRecommender(BaseRecommender):
         self.hmm_.emissionprob_ = self.emissionprob_
         self._set_emission_t()
 
+    def _append_events(self, continuation):
+        final_state = np.empty((self.n_users_, self.n_states))
+        final_state[:len(self.final_state_)] = self.final_state_
+        final_state[continuation.user_codes] = _forward(
+            continuation, self._start(continuation.user_codes), self.transmat_,
+            self._emission_t)[0]
+        self.final_state_ = final_state
+
+    def _start(self, users):
+        """The predicted state before each group's first item (``-1``: a stranger)."""
+        known = (users >= 0) & (users < len(self.final_state_))
+        return np.where(known[:, None],
+                        self.final_state_[np.where(known, users, 0)] @ self.transmat_,
+                        self.startprob_)
+
     def _log_proba(self, sequences, prefixes, targets=None):
-        users = sequences.user_codes
-        start = np.where((users >= 0)[:, None],
-                         self.final_state_[np.maximum(users, 0)] @ self.transmat_,
-                         self.startprob_)
+        start = self._start(sequences.user_codes)
         groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
         positions = prefixes - sequences.prefix_start[groups]
         _, predicted = _forward(sequences, start, self.transmat_,

@@ -202,9 +202,9 @@ class MatrixFactorizationRecommender(BaseRecommender):
         "n_calibration_events_": int, "score_weight_": float,
         "popularity_weight_": float, "_uniform_logit": float,
         "uniform_share_": float, "calibration_log_likelihood_": float,
-        "item_counts_": ("n_items",), "user_factors_": ("n_users", "factors"),
+        "item_counts_": ("n_items",), "user_factors_": ("n_fitted_users", "factors"),
         "item_factors_": ("n_items", "factors"), "_popularity": ("n_items",),
-        "_log_norm": ("n_users",), "_stranger_log_norm": float,
+        "_log_norm": ("n_fitted_users",), "_stranger_log_norm": float,
     }
 
     def __init__(self, n_factors=32, *, algorithm="als", regularization=0.01,
@@ -339,7 +339,9 @@ class MatrixFactorizationRecommender(BaseRecommender):
     # ---------------------------------------------------------------- scoring
     def _log_proba(self, sequences, prefixes, targets=None):
         groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
-        users = sequences.user_codes[groups]
+        # users added by update() have no factors yet: strangers
+        users = np.where(sequences.user_codes[groups] < len(self.user_factors_),
+                         sequences.user_codes[groups], -1)
         known = users >= 0
         if targets is not None:
             scores = np.zeros(len(prefixes))

@@ -302,6 +302,17 @@ class CollaborativeGRURecommender(TorchRecommender):
             self.network_, sequences, start, sequences.prefix_start + sequences.lengths,
             dtype=_INFERENCE_DTYPE)
 
+    def _append_events(self, continuation):
+        codes = continuation.user_codes
+        start = self._start_states(np.where(codes < len(self.final_states_), codes, -1))
+        advanced = forward_states(self.network_, continuation, start,
+                                  continuation.prefix_start + continuation.lengths,
+                                  dtype=_INFERENCE_DTYPE)
+        final_states = start.new_empty((self.n_users_, self.network_.hidden_size))
+        final_states[:len(self.final_states_)] = self.final_states_
+        final_states[torch.as_tensor(codes, device=final_states.device)] = advanced
+        self.final_states_ = final_states
+
     def _check_restored(self):
         if (self.final_states_.shape != (self.n_users_, self.network_.hidden_size)
                 or self.network_.item_input.shape[0] != self.n_items_):

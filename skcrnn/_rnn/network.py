@@ -101,7 +101,8 @@ class CollaborativeRNN(nn.Module):
         Parameters
         ----------
         users : LongTensor of shape (B,)
-            User codes; ``-1`` (an unknown user) gets the mean of the per-user
+            User codes; ``-1`` (an unknown user) and codes past the fitted
+            users (users added by ``update``) get the mean of the per-user
             matrices. Ignored with shared weights.
         dtype : torch.dtype, optional
             Cast the matrices to this type.
@@ -113,10 +114,10 @@ class CollaborativeRNN(nn.Module):
         if self.shared:
             weights = self.recurrent[0]
             return weights if dtype is None else weights.to(dtype)
-        weights = self.recurrent.index_select(0, users.clamp(min=0))
+        unknown = (users < 0) | (users >= self.recurrent.shape[0])
+        weights = self.recurrent.index_select(0, torch.where(unknown, 0, users))
         if dtype is not None:
             weights = weights.to(dtype)
-        unknown = users < 0
         if bool(unknown.any()):
             mean = self.recurrent.mean(dim=0, dtype=weights.dtype)
             weights = torch.where(unknown[:, None, None], mean, weights)
