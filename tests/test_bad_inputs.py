@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 import skcrnn._base as base_module
@@ -137,6 +138,24 @@ FRAME_CASES = [
      ValueError, "user.* unknown to the model"),
     ("all-items-unknown", lambda e: _quiet(lambda: fit(e).score(
         e.assign(item="zzz"))), ValueError, "No row of X could be scored"),
+    ("update-before-fit", lambda e: UnigramRecommender().update(e), NotFittedError,
+     "not fitted"),
+    ("update-missing-column", lambda e: fit(e).update(e.drop(columns="user")),
+     ValueError, r"missing the column\(s\) \['user'\]"),
+    ("update-out-of-order", lambda e: fit(e).update(e.iloc[:3]), ValueError,
+     "earlier than their user's last event"),
+    ("partial-fit-out-of-order", lambda e: fit(e).partial_fit(e.iloc[:3]),
+     ValueError, "earlier than their user's last event"),
+    ("update-times-of-another-kind", lambda e: fit(e).update(e.assign(
+        timestamp=np.arange(len(e), dtype=float))), TypeError,
+     "numeric times, but the model was fitted with datetime times"),
+    ("update-unknown-items-error", lambda e: fit(
+        e, UnigramRecommender(handle_unknown="error")).update(_set(
+            e.assign(timestamp=e["timestamp"] + pd.Timedelta(days=1)), "item", 0,
+            "zzz")), ValueError, "items unknown to the model.*partial_fit"),
+    ("partial-fit-bad-parameter", lambda e: fit(e).set_params(alpha=-1).partial_fit(
+        e.assign(timestamp=e["timestamp"] + pd.Timedelta(days=1))),
+     InvalidParameterError, "alpha"),
     ("recommend-k-zero", lambda e: fit(e).recommend([100], k=0), ValueError,
      "k must be between 1 and"),
     ("recommend-k-negative", lambda e: fit(e).recommend([100], k=-3), ValueError,
