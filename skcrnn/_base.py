@@ -922,8 +922,21 @@ def _mask_seen(log_proba, history, user_codes):
 def _top_k(log_proba, k):
     """Indices and values of each row's k largest entries, best first.
 
-    A stable sort breaks ties by the smaller item index, so results are
-    deterministic.
+    Ties are broken by the smaller item index, as a stable sort of the whole
+    row would, so results are deterministic; but only the ``k`` best of each
+    row are sorted (a partition finds them), unless the ``k``-th value is
+    tied with an item outside them, where the row is sorted whole.
     """
-    top = np.argsort(-log_proba, axis=1, kind="stable")[:, :k]
+    n_items = log_proba.shape[1]
+    if k >= n_items:
+        top = np.argsort(-log_proba, axis=1, kind="stable")[:, :k]
+        return top, np.take_along_axis(log_proba, top, axis=1)
+    best = np.sort(np.argpartition(-log_proba, k - 1, axis=1)[:, :k], axis=1)
+    values = np.take_along_axis(log_proba, best, axis=1)
+    # best is in index order: a stable sort by value breaks ties by index
+    top = np.take_along_axis(best, np.argsort(-values, axis=1, kind="stable"), axis=1)
+    kth = values.min(axis=1, keepdims=True)
+    tied = np.flatnonzero((log_proba >= kth).sum(axis=1) > k)
+    if len(tied):
+        top[tied] = np.argsort(-log_proba[tied], axis=1, kind="stable")[:, :k]
     return top, np.take_along_axis(log_proba, top, axis=1)
