@@ -356,8 +356,13 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         return _Appended(sequences, new_users, times[order][indptr[1:] - 1],
                          new_items)
 
-    def _encode_items(self, items):
-        """Item codes, ``-1`` for unknown items (left out, with a warning)."""
+    def _encode_items(self, items, remedy="to leave them out, or use partial_fit "
+                      "to learn them", outcome="the users' histories"):
+        """Item codes, ``-1`` for unknown items, which follow ``handle_unknown``.
+
+        ``remedy`` ends the error's advice, ``outcome`` the warning's "they
+        are left out of ...".
+        """
         codes = self._item_index.get_indexer(items).astype(np.int64)
         n_unknown = int((codes < 0).sum())
         if n_unknown:
@@ -365,12 +370,11 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             if self.handle_unknown == "error":
                 raise ValueError(
                     f"{n_unknown} row(s) of X have items unknown to the model, "
-                    f"e.g. {examples}; set handle_unknown='ignore' to leave them "
-                    f"out, or use partial_fit to learn them.")
+                    f"e.g. {examples}; set handle_unknown='ignore' {remedy}.")
             warnings.warn(
                 f"{n_unknown} row(s) of X have items unknown to the model "
-                f"(e.g. {examples}); they are left out of the users' "
-                f"histories.", UserWarning, stacklevel=4)
+                f"(e.g. {examples}); they are left out of {outcome}.",
+                UserWarning, stacklevel=4)
         return codes
 
     def _check_order(self, users, codes, times):
@@ -633,19 +637,9 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
     def _encode_continuations(self, X):
         check_is_fitted(self)
         users, items, times = self._check_events(X)
-        item_codes = self._item_index.get_indexer(items).astype(np.int64)
-        n_unknown = int((item_codes < 0).sum())
-        if n_unknown:
-            examples = pd.unique(items[item_codes < 0])[:5].tolist()
-            if self.handle_unknown == "error":
-                raise ValueError(
-                    f"{n_unknown} row(s) of X have items unknown to the model, "
-                    f"e.g. {examples}; set handle_unknown='ignore' to leave them "
-                    f"out of the scoring.")
-            warnings.warn(
-                f"{n_unknown} row(s) of X have items unknown to the model "
-                f"(e.g. {examples}); they are left out of the scoring (NaN) and "
-                f"of the users' histories.", UserWarning, stacklevel=3)
+        item_codes = self._encode_items(
+            items, remedy="to leave them out of the scoring",
+            outcome="the scoring (NaN) and of the users' histories")
         row_groups, group_users = pd.factorize(users)
         user_codes = self._encode_users(
             np.asarray(group_users, dtype=object) if group_users.dtype == object
