@@ -44,12 +44,23 @@ class HMMRecommender(BaseRecommender):
     probability 0. EM uses ``hmmlearn``'s ``"scaling"`` implementation (about
     ten times faster than ``"log"`` at the same result).
 
+    *Incremental learning.* :meth:`partial_fit` continues EM from the
+    current :math:`\pi`, :math:`A` and :math:`B` (``hmmlearn``'s
+    ``init_params=""``) on every stored history, the new events included,
+    for at most ``n_iter`` iterations with the same ``tol``; :math:`B` first
+    gets a column for each new item, which each state emits with the
+    probability that an EM update gives an item it never emitted: the
+    pseudo-count :math:`\lambda` against the state's expected count of
+    stored events, :math:`\lambda / (N_k + \lambda V)`, the known items'
+    emissions scaled down so that each row still sums to 1. Then every
+    user's ``final_state_`` is filtered again over its whole history.
+
     Parameters
     ----------
     n_states : int, default=10
         Number of hidden states.
     n_iter : int, default=20
-        Most EM iterations.
+        Most EM iterations of :meth:`fit`, and of each :meth:`partial_fit`.
     tol : float, default=1e-2
         EM stops when the total training log-likelihood (nats, summed over
         all events) gains less than ``tol``.
@@ -78,9 +89,10 @@ class HMMRecommender(BaseRecommender):
     emissionprob_ : ndarray of shape (n_states, n_items)
         The smoothed :math:`B`, columns in the order of ``classes_``.
     final_state_ : ndarray of shape (n_users, n_states)
-        Each known user's :math:`\hat\alpha` after its last training event.
+        Each known user's :math:`\hat\alpha` after its last event (those
+        appended by :meth:`update` and :meth:`partial_fit` included).
     n_iter_ : int
-        EM iterations run.
+        EM iterations run by the last :meth:`fit` or :meth:`partial_fit`.
     classes_, users_, n_items_, n_users_
         See :class:`UniformRecommender`.
 
@@ -129,6 +141,49 @@ class HMMRecommender(BaseRecommender):
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         model = self._new_hmm(seed)
         model.fit(sequences.items[:, None], sequences.lengths)
+        self._adopt_hmm(model, sequences)
+
+    def _learn_events(self, continuation, previous_history):
+        """Continue EM on every stored history from the current parameters."""
+        model = self._continued_hmm(previous_history)
+        model.fit(self._history.items[:, None], self._history.lengths)
+        self._adopt_hmm(model, self._history)
+
+    def _new_hmm(self, seed, init_params="ste"):
+        from hmmlearn.hmm import CategoricalHMM
+
+        return CategoricalHMM(
+            n_components=self.n_states, n_features=self.n_items_,
+            emissionprob_prior=1.0 + self.emission_smoothing,
+            n_iter=self.n_iter, tol=self.tol, random_state=seed,
+            verbose=bool(self.verbose), init_params=init_params,
+            implementation="scaling")
+
+    def _continued_hmm(self, previous_history):
+        """A ``CategoricalHMM`` whose EM starts from the fitted parameters.
+
+        ``init_params=""`` keeps hmmlearn from drawing new ones. Items that
+        are new since the fit get emission columns from
+        :func:`_emissions_with_new_items`. The model gets a copy of
+        ``hmm_``'s generator, which EM does not draw from.
+        """
+        model = self._new_hmm(_copied_random_state(self.hmm_.random_state),
+                              init_params="")
+        model.startprob_ = self.startprob_.copy()
+        model.transmat_ = self.transmat_.copy()
+        n_new = self.n_items_ - self.emissionprob_.shape[1]
+        if n_new:
+            occupancy = self.hmm_.predict_proba(
+                previous_history.items[:, None], previous_history.lengths).sum(axis=0)
+            model.emissionprob_ = _emissions_with_new_items(
+                self.emissionprob_, occupancy, self.emission_smoothing, n_new)
+        else:
+            model.emissionprob_ = self.emissionprob_.copy()
+        return model
+
+    def _adopt_hmm(self, model, sequences):
+        """Take the parameters that EM reached in ``model``, and filter every
+        user's state to the end of its sequence in ``sequences``."""
         never_left = model.transmat_.sum(axis=1) == 0
         if never_left.any():
             transmat = model.transmat_.copy()
@@ -143,15 +198,6 @@ class HMMRecommender(BaseRecommender):
         start = np.broadcast_to(self.startprob_, (sequences.n_groups, self.n_states))
         self.final_state_ = _forward(sequences, start, self.transmat_,
                                      self._emission_t)[0]
-
-    def _new_hmm(self, seed):
-        from hmmlearn.hmm import CategoricalHMM
-
-        return CategoricalHMM(
-            n_components=self.n_states, n_features=self.n_items_,
-            emissionprob_prior=1.0 + self.emission_smoothing,
-            n_iter=self.n_iter, tol=self.tol, random_state=seed,
-            verbose=bool(self.verbose), implementation="scaling")
 
     def _set_emission_t(self):
         # rows gathered by item at every step of the recursion
@@ -206,6 +252,46 @@ def _random_state_to_plain(random_state):
         random_state).get_state()
     return {"key": key.tolist(), "position": int(position),
             "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _copied_random_state(random_state):
+    """A new generator in the state of ``random_state`` (a seed or a
+    ``RandomState``), which stays as it is."""
+    return _random_state_from_plain(_random_state_to_plain(random_state))
+
+
+def _emissions_with_new_items(emissionprob, occupancy, smoothing, n_new):
+    r"""Emission rows grown by ``n_new`` items that no state has emitted yet.
+
+    An EM update sets :math:`B_{k,j} = (n_{k,j} + \lambda) / (N_k + \lambda V)`,
+    with :math:`N_k` the expected number of events in state :math:`k` and
+    :math:`V` the items. An item that state :math:`k` never emitted gets the
+    smoothing mass :math:`\lambda` alone: each new item gets
+    :math:`\lambda / (N_k + \lambda V')` over the grown vocabulary
+    :math:`V' = V + n_{new}`, and the known items keep their counts,
+    :math:`B_{k,j} (N_k + \lambda V) / (N_k + \lambda V')`, so that each row
+    sums to 1.
+
+    Parameters
+    ----------
+    emissionprob : ndarray of shape (n_states, n_items)
+        The fitted emissions :math:`B`.
+    occupancy : ndarray of shape (n_states,)
+        :math:`N_k`: the posterior state probabilities summed over the stored
+        events before the new ones.
+    smoothing : float
+        :math:`\lambda`, ``emission_smoothing``.
+    n_new : int
+        Items appended to the vocabulary.
+
+    Returns
+    -------
+    ndarray of shape (n_states, n_items + n_new)
+    """
+    n_states, n_items = emissionprob.shape
+    mass = occupancy[:, None] + smoothing * n_items
+    counts = np.hstack([emissionprob * mass, np.full((n_states, n_new), smoothing)])
+    return counts / (mass + smoothing * n_new)
 
 
 def _random_state_from_plain(plain):

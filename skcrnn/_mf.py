@@ -107,6 +107,23 @@ class MatrixFactorizationRecommender(BaseRecommender):
     a scored sequence (the rows of ``X`` before a row play no role). A user
     unknown to the model has no factors; it gets ``s_ui = 0``, i.e. the
     calibrated popularity part ``(1 - w) softmax(b log(1 + c)) + w / n_items``.
+    So do the users that :meth:`update` adds, until :meth:`partial_fit`
+    learns their factors.
+
+    *Incremental learning.* :meth:`partial_fit` keeps ``a``, ``b`` and ``w``
+    and recomputes ``c_i`` from every stored event. With ALS it recalculates
+    only the factors that the new events touch, with ``implicit``'s
+    ``partial_fit_users`` and ``partial_fit_items`` on the count matrix of
+    every stored history: the users with new events (and the users that
+    :meth:`update` added, who have none) are solved from the item factors,
+    then the items of the new events from the user factors, then those users
+    again, so that they see the new items; new users and items start from
+    zero factors, and every other factor stays. ``implicit`` has no such
+    update for BPR: there :meth:`partial_fit` runs ``n_iterations`` more
+    epochs of BPR on every stored event from the current factors (new users
+    and items start from zero), which moves every factor. Either way
+    ``partial_fit`` computes on the CPU, and :meth:`fit` on all events
+    recalibrates ``a``, ``b`` and ``w``.
 
     Parameters
     ----------
@@ -148,13 +165,16 @@ class MatrixFactorizationRecommender(BaseRecommender):
 
     Attributes
     ----------
-    user_factors_ : ndarray of shape (n_users, n_factors)
+    user_factors_ : ndarray of shape (n_fitted_users, n_factors)
         Factors of the known users, fitted on all training events (BPR adds
-        a column of ones that multiplies the item biases).
+        a column of ones that multiplies the item biases); the users that
+        :meth:`update` added since the last fit or :meth:`partial_fit`
+        (numbered last) have none yet.
     item_factors_ : ndarray of shape (n_items, n_factors)
         Factors of the known items (BPR: with the item bias as last column).
     item_counts_ : ndarray of shape (n_items,)
-        Training counts ``c_i``.
+        Training counts ``c_i`` (of every stored event after
+        :meth:`partial_fit`).
     score_weight_ : float
         ``a``, the weight of the factor scores.
     popularity_weight_ : float
@@ -260,9 +280,25 @@ class MatrixFactorizationRecommender(BaseRecommender):
             self._uniform_logit = float(logit(self.uniform_share_init))
             self.uniform_share_ = float(self.uniform_share_init)
             self.calibration_log_likelihood_ = np.nan
+        self._set_factors(*self._factorize(self._count_matrix(users, items), seed),
+                          items)
+
+    def _learn_events(self, continuation, previous_history):
+        """Recalculate factors from every stored history (see the class's
+        *Incremental learning*); the calibrated scalars stay."""
+        history = self._history
+        counts = self._count_matrix(history.group_of_event, history.items)
+        if self.algorithm == "als":
+            factors = self._recalculate_als(counts, continuation)
+        else:
+            factors = self._continue_bpr(counts)
+        self._set_factors(*factors, history.items)
+
+    def _set_factors(self, user_factors, item_factors, items):
+        """Adopt factors of every user and item, with the counts of ``items``
+        (every training event) and the normalizers at the calibrated scalars."""
         self.item_counts_ = np.bincount(items, minlength=self.n_items_)
-        self.user_factors_, self.item_factors_ = self._factorize(
-            self._count_matrix(users, items), seed)
+        self.user_factors_, self.item_factors_ = user_factors, item_factors
         self._popularity = np.log1p(self.item_counts_)
         self._log_norm = _log_normalizers(
             self.user_factors_, self.item_factors_, self._popularity,
@@ -279,27 +315,75 @@ class MatrixFactorizationRecommender(BaseRecommender):
 
     def _factorize(self, user_items, seed):
         """User and item factors (float64) of ``implicit`` on ``user_items``."""
-        threads = {None: 1, -1: 0}.get(self.n_jobs, self.n_jobs)
         # implicit parallelizes itself; a threaded BLAS inside it oversubscribes
         with threadpool_limits(1, "blas"):
-            if self.algorithm == "als":
-                from implicit.als import AlternatingLeastSquares
-                model = AlternatingLeastSquares(
-                    factors=self.n_factors, regularization=self.regularization,
-                    alpha=self.alpha, iterations=self.n_iterations,
-                    use_gpu=self.use_gpu, num_threads=threads, random_state=seed)
-            else:
-                from implicit.bpr import BayesianPersonalizedRanking
-                model = BayesianPersonalizedRanking(
-                    factors=self.n_factors, learning_rate=self.learning_rate,
-                    regularization=self.regularization,
-                    iterations=self.n_iterations, use_gpu=self.use_gpu,
-                    num_threads=threads, random_state=seed)
+            model = self._implicit_model(seed, self.use_gpu)
             model.fit(user_items, show_progress=bool(self.verbose))
         if self.use_gpu:
             model = model.to_cpu()
-        return (np.asarray(model.user_factors, dtype=np.float64),
-                np.asarray(model.item_factors, dtype=np.float64))
+        return _float64_factors(model)
+
+    def _implicit_model(self, seed, use_gpu, dtype=np.float32):
+        """An unfitted ``implicit`` model of ``algorithm`` with the parameters.
+
+        Callers make it under a one-thread BLAS limit, in which ``implicit``
+        also computes: it warns of a threaded BLAS when it makes an ALS model.
+        """
+        threads = {None: 1, -1: 0}.get(self.n_jobs, self.n_jobs)
+        if self.algorithm == "als":
+            from implicit.als import AlternatingLeastSquares
+            return AlternatingLeastSquares(
+                factors=self.n_factors, regularization=self.regularization,
+                alpha=self.alpha, iterations=self.n_iterations, dtype=dtype,
+                use_gpu=use_gpu, num_threads=threads, random_state=seed)
+        from implicit.bpr import BayesianPersonalizedRanking
+        return BayesianPersonalizedRanking(
+            factors=self.n_factors, learning_rate=self.learning_rate,
+            regularization=self.regularization, iterations=self.n_iterations,
+            dtype=dtype, use_gpu=use_gpu, num_threads=threads,
+            random_state=seed)
+
+    def _grown_factors(self):
+        """Copies of the factors with a row of zeros for each user and item
+        that has none yet (BPR: a user's weight of the item bias is 1)."""
+        user_f = _with_zero_rows(self.user_factors_, self.n_users_)
+        item_f = _with_zero_rows(self.item_factors_, self.n_items_)
+        if self.algorithm == "bpr":
+            user_f[len(self.user_factors_):, -1] = 1.0
+        return user_f, item_f
+
+    def _recalculate_als(self, counts, continuation):
+        """ALS steps on the rows that the new events touch, in float64.
+
+        The users with new events (and those that :meth:`update` added, who
+        have no factors) are solved from the item factors, then the items of
+        the new events from the user factors, then those users again, so that
+        they see the new items' factors: ``implicit``'s ``partial_fit_users``
+        and ``partial_fit_items`` on the rows of ``counts`` (every stored
+        event). The other factors stay as they were.
+        """
+        users = np.union1d(continuation.user_codes,
+                           np.arange(len(self.user_factors_), self.n_users_))
+        items = np.unique(continuation.items)
+        item_users = counts.T.tocsr()
+        with threadpool_limits(1, "blas"):
+            model = self._implicit_model(None, use_gpu=False, dtype=np.float64)
+            model.user_factors, model.item_factors = self._grown_factors()
+            model.partial_fit_users(users, counts[users])
+            model.partial_fit_items(items, item_users[items])
+            model.partial_fit_users(users, counts[users])
+        return _float64_factors(model)
+
+    def _continue_bpr(self, counts):
+        """``n_iterations`` more BPR epochs on ``counts`` (every stored
+        event) from the current factors, new rows from zero."""
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        with threadpool_limits(1, "blas"):
+            model = self._implicit_model(seed, use_gpu=False)
+            model.user_factors, model.item_factors = (
+                factors.astype(np.float32) for factors in self._grown_factors())
+            model.fit(counts, show_progress=bool(self.verbose))
+        return _float64_factors(model)
 
     def _calibrate(self, user_f, item_f, popularity, tail_users, tail_items):
         """Most probable ``a``, ``b``, ``w`` given the held-out tail events.
@@ -365,6 +449,20 @@ class MatrixFactorizationRecommender(BaseRecommender):
 
     def _mix(self, log_softmax):
         return _mix(log_softmax, self._uniform_logit, self.n_items_)
+
+
+def _float64_factors(model):
+    """The user and item factors of a fitted CPU ``implicit`` model, as new
+    float64 arrays."""
+    return (np.array(model.user_factors, dtype=np.float64),
+            np.array(model.item_factors, dtype=np.float64))
+
+
+def _with_zero_rows(factors, n_rows):
+    """A copy of ``factors`` with rows of zeros appended up to ``n_rows``."""
+    grown = np.zeros((n_rows, factors.shape[1]), dtype=np.float64)
+    grown[:len(factors)] = factors
+    return grown
 
 
 def _maximize(function, start, bounds):
