@@ -4,8 +4,9 @@ A batch holds up to ``batch_size`` users (rows sorted by decreasing length);
 each user's sequence is cut into chunks of ``chunk_size`` events. Chunk ``c``
 of a user reads its items ``x_k`` (``cC <= k < (c+1)C``) and predicts each of
 them from the state before it, ``h(k)``: the first chunk predicts the first
-item from the initial state, and the state after the chunk is carried into
-the next one, detached. One optimizer step per chunk.
+item from the initial state (in ``partial_fit``, from the state where the
+user's history left off), and the state after the chunk is carried into the
+next one, detached. One optimizer step per chunk.
 
 Two details follow the authors' reference implementation and, together,
 matter for generalization (on Foursquare check-ins, best validation loss of
@@ -51,16 +52,16 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
     network : CollaborativeRNN
     batch : Batch
     chunk_size : int
-    initial_state : float
-        Value of every coordinate of the state before a user's first event.
+    initial_state : float or Tensor of shape (n_users, H)
+        The state before each row's first event: a value of every
+        coordinate, or each user's own state, the row of its user code
+        (``partial_fit``: where the user's history left off).
     bptt : {"manual", "autograd"}, default="manual"
         See :data:`BPTT`; both compute the same numbers.
     """
     run = BPTT[bptt]
-    dtype = network.item_input.dtype
     device = batch.items.device
-    hidden = torch.full((len(batch.lengths), network.hidden_size), initial_state,
-                        dtype=dtype, device=device)
+    hidden = _first_states(network, batch, initial_state)
     n_columns = batch.items.shape[1]
     descending = -batch.lengths
     for start in range(0, n_columns, chunk_size):
@@ -86,6 +87,15 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
                                    network.output_bias, targets)
         loss = nll / (len(batch.lengths) * chunk_size)
         yield Step(loss, nll.detach(), len(real), rows.touched)
+
+
+def _first_states(network, batch, initial_state):
+    """Each row's state before its first event (see :func:`chunk_losses`)."""
+    dtype = network.item_input.dtype
+    if torch.is_tensor(initial_state):
+        return initial_state.index_select(0, batch.users).to(dtype)
+    return torch.full((len(batch.lengths), network.hidden_size), initial_state,
+                      dtype=dtype, device=batch.items.device)
 
 
 def n_chunks(batches, chunk_size):

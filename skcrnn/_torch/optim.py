@@ -9,6 +9,10 @@ through :class:`Rows`, which gives it a leaf copy of those rows: after
 move, as TensorFlow does for embedding lookups): a user's statistics do not
 decay while it waits for its next batch, and a step costs nothing for the
 other users. Every other parameter is updated densely.
+
+When the vocabularies grow (``partial_fit``), :func:`grown_state_dict` gives
+the statistics of the grown network: those of the known rows, zeros for the
+new ones (a new row starts as a row never stepped does).
 """
 
 import torch
@@ -175,3 +179,42 @@ class Optimizer:
         else:
             state["mean_square"].index_copy_(0, rows, mean_square)
             param.index_copy_(0, rows, read(param) - self.learning_rate * update)
+
+
+def grown_state_dict(state_dict, module):
+    """Statistics of :meth:`Optimizer.state_dict` for ``module`` grown along its rows.
+
+    The statistics of a parameter that ``module.row_indexed`` declares get
+    zero rows appended up to the parameter's rows in ``module`` (the new
+    users or items); the others are kept as they are (shapes are checked
+    when the result is loaded).
+
+    Parameters
+    ----------
+    state_dict : dict
+        Of :meth:`Optimizer.state_dict`, for the module before it grew.
+    module : torch.nn.Module
+        The grown module.
+
+    Returns
+    -------
+    dict
+        A new state dict; ``state_dict``'s tensors are not changed.
+    """
+    row_indexed = getattr(module, "row_indexed", {})
+    parameters = dict(module.named_parameters())
+    state = {}
+    for param_name, statistics in state_dict["state"].items():
+        rows = (parameters[param_name].shape[0]
+                if param_name in row_indexed and param_name in parameters else None)
+        state[param_name] = {key: _zero_padded(tensor, rows)
+                             for key, tensor in statistics.items()}
+    return {"name": state_dict["name"], "state": state}
+
+
+def _zero_padded(tensor, rows):
+    """``tensor`` with zero rows appended up to ``rows`` (None: none appended)."""
+    if rows is None or tensor.shape[0] >= rows:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros((rows - tensor.shape[0],)
+                                               + tuple(tensor.shape[1:]))])

@@ -12,8 +12,12 @@ so that no ``(rows x items)`` tensor larger than a block ever exists:
     pass, and there is no separate log-softmax backward;
 :func:`log_proba`
     exact next-item log-probabilities for scoring (all items, or only given
-    targets), in the precision asked for.
+    targets), in the precision asked for;
+:func:`unseen_item_bias`
+    the output bias of items added to the catalogue (``partial_fit``).
 """
+
+import math
 
 import numpy as np
 import torch
@@ -158,3 +162,38 @@ def log_proba(hidden, weight, bias, targets=None, dtype=torch.float64,
             block = block.gather(1, targets[begin:end, None])[:, 0]
         result[begin:end] = block.double().cpu().numpy()
     return result
+
+
+def unseen_item_bias(logits, n_new, n_seen):
+    """Output bias of ``n_new`` added items that gives each an unseen item's prior.
+
+    The added items' output weights are zero, so their logit is this bias
+    whatever the state. At the state of ``logits`` (the logits of the known
+    items), each added item then has the probability that add-one (Laplace)
+    smoothing gives an item never seen among ``n_seen`` events over the
+    grown catalogue of ``V = len(logits) + n_new`` items::
+
+        q = 1 / (n_seen + V)
+
+    while the known items keep their odds (their probabilities there are
+    scaled by ``1 - n_new * q``). With
+    ``Z = sum(exp(logits))``, ``n_new`` logits ``b`` give each added item
+    ``exp(b) / (Z + n_new exp(b))``, which is ``q`` for
+    ``b = log(Z) + log(q) - log(1 - n_new q)``.
+
+    Parameters
+    ----------
+    logits : Tensor of shape (n_known,)
+        Logits of the known items at the reference state.
+    n_new : int
+        Items added.
+    n_seen : int
+        Events seen so far.
+
+    Returns
+    -------
+    float
+    """
+    prior = 1.0 / (n_seen + logits.shape[-1] + n_new)
+    return (float(torch.logsumexp(logits.double(), dim=-1)) + math.log(prior)
+            - math.log1p(-n_new * prior))
