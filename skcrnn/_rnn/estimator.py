@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._torch.batching import make_batches, window
 from .._torch.estimator import TorchRecommender
-from .._torch.output import log_proba
+from .._torch.output import log_proba, unseen_item_bias
 from .network import CollaborativeRNN
 from .recurrence import forward_states
 from .tbptt import BPTT, chunk_losses, n_chunks
@@ -68,7 +68,8 @@ class CollaborativeGRURecommender(TorchRecommender):
 
     A user unknown to the model starts from the initial state with the
     **mean of the per-user recurrent matrices** (with shared weights, the
-    shared matrices).
+    shared matrices). :meth:`partial_fit` continues learning from new
+    events (see "Incremental learning" below).
 
     Parameters
     ----------
@@ -112,9 +113,15 @@ class CollaborativeGRURecommender(TorchRecommender):
         After early stopping, train a new network (same seed) on all events,
         validation suffixes included, for ``best_epoch_`` epochs. Costs a
         second training; ``False`` keeps the best epoch's weights instead.
+    partial_epochs : int, default=1
+        Passes over the new events in each :meth:`partial_fit` call on a
+        fitted model; ``0`` only grows the network for the new users and
+        items and follows the events, without learning from them. ``fit``
+        ignores it.
     max_train_chunks : int or None, default=None
         Train on at most this many chunks of each user's latest training
-        events (the paper's Last.fm setting); ``None`` keeps all.
+        events (the paper's Last.fm setting; in :meth:`partial_fit`, of the
+        new events); ``None`` keeps all.
     initial_state : float, default=0.0
         Value of every coordinate of the state before a user's first event.
     device : str, default="auto"
@@ -172,6 +179,16 @@ class CollaborativeGRURecommender(TorchRecommender):
     refit_history_ : list of dict or None
         The same for the refit on all events (``valid_loss`` NaN); None
         without refit.
+    optimizer_state_ : dict or None
+        The optimizer's statistics after the last training (the last run of
+        ``fit``, then each :meth:`partial_fit`), on the CPU: ``{"name":
+        optimizer, "state": {parameter: {statistic: tensor}}}``. Saved with
+        the model; ``partial_fit`` continues from them. None for a model
+        loaded from a file saved before they were kept.
+    partial_history_ : list of dict
+        One entry per :meth:`partial_fit` call since ``fit``: ``n_events``
+        (the new events), ``n_users`` (the users who had some) and
+        ``epochs`` (per epoch, as in ``history_``, ``valid_loss`` NaN).
     device_ : str
         Where ``network_`` lives.
     classes_ : ndarray of shape (n_items,)
@@ -183,6 +200,40 @@ class CollaborativeGRURecommender(TorchRecommender):
 
     Notes
     -----
+    **Incremental learning.** On a fitted model, :meth:`partial_fit` grows
+    the vocabularies, then learns from the new events only:
+
+    - *Growth.* The network is copied at the grown sizes (the old one is
+      never changed). A new item's input row is the mean of the known
+      items' rows, its output weights are zero and its output bias is set
+      so that at the initial state, where a user without history starts,
+      each new item has the add-one (Laplace) unigram probability of an item
+      never seen, ``1 / (N + V)``, with ``N`` the events in the histories
+      before the call and ``V`` the items after it (the known items'
+      probabilities there are scaled by ``1 - m / (N + V)`` for ``m`` new
+      items; everywhere they keep their odds).
+      A new user, and a user added by :meth:`update` (who has no matrices
+      yet), gets the mean of the known users' recurrent matrices: the
+      fallback it was scored with so far. The optimizer's statistics of
+      new rows start at zero.
+    - *Learning.* ``partial_epochs`` passes of the same truncated BPTT (chunks,
+      loss, optimizer with lazy rows) over the new events, each user's
+      chunks starting from its cached state, where its history left off
+      (the initial state for a new user), the optimizer continuing from
+      ``optimizer_state_`` (from zero statistics when there are none, as
+      after loading an older file, or when they are of the other
+      ``optimizer``). There is no validation, early stopping or checkpoint,
+      and it trains on ``device_``. The batch order is drawn from a
+      generator seeded by ``random_state`` and the call's number, so that
+      with an int ``random_state`` on the CPU the same calls give the same
+      model, with or without a save and load between them.
+    - *States.* Each user with new events has its cached state advanced
+      over them with the new weights, from its previous cached state, not
+      recomputed over its whole history: a call costs what its new events
+      do however long the histories grow, and the state continues the one
+      that training started from. Other users keep theirs; ``fit`` on all
+      events recomputes everything.
+
     Scoring runs in double precision from the float32 weights, so that a
     row's log-probability does not depend on the other rows of the call.
 
@@ -223,9 +274,9 @@ class CollaborativeGRURecommender(TorchRecommender):
                  recurrent_weights="per_user", candidate_activation="sigmoid",
                  optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
-                 n_iter_no_change=3, refit=True, max_train_chunks=None,
-                 initial_state=0.0, device="auto", n_jobs=None, random_state=None,
-                 verbose=0,
+                 n_iter_no_change=3, refit=True, partial_epochs=1,
+                 max_train_chunks=None, initial_state=0.0, device="auto",
+                 n_jobs=None, random_state=None, verbose=0,
                  checkpoint_dir=None, user_col="user", item_col="item",
                  time_col="timestamp", handle_unknown="ignore"):
         self.hidden_size = hidden_size
@@ -242,6 +293,7 @@ class CollaborativeGRURecommender(TorchRecommender):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.refit = refit
+        self.partial_epochs = partial_epochs
         self.max_train_chunks = max_train_chunks
         self.initial_state = initial_state
         self.device = device
@@ -281,15 +333,34 @@ class CollaborativeGRURecommender(TorchRecommender):
             return np.zeros_like(n_train)
         return np.maximum(n_train - self.max_train_chunks * self.chunk_size, 0)
 
-    def _training_plan(self, network, sequences, n_train, device):
-        batches = make_batches(window(sequences, self._first_trained(n_train), n_train),
-                               self.batch_size, device)
+    def _training_plan(self, network, sequences, n_train, device, continuation=False):
+        first = self._first_trained(n_train)
+        start = float(self.initial_state)
+        if continuation:
+            start = self._continuation_starts(network, sequences, first)
+        batches = make_batches(window(sequences, first, n_train), self.batch_size,
+                               device)
         bptt = os.environ.get("SKCRNN_BPTT", "manual")
 
         def steps(batch):
-            return chunk_losses(network, batch, self.chunk_size,
-                                self.initial_state, bptt=bptt)
+            return chunk_losses(network, batch, self.chunk_size, start, bptt=bptt)
         return batches, steps, n_chunks(batches, self.chunk_size)
+
+    def _continuation_starts(self, network, sequences, first):
+        """Each continuing user's state before its first trained event, by user code.
+
+        The user's cached state (the initial state for a user without one)
+        advanced by ``network`` over the events before ``first`` (those that
+        ``max_train_chunks`` leaves out); rows of users not in ``sequences``
+        are zero. In the network's type, for :func:`.tbptt.chunk_losses`.
+        """
+        states = forward_states(network, sequences,
+                                self._cached_states(sequences.user_codes),
+                                sequences.prefix_start + first,
+                                dtype=_INFERENCE_DTYPE)
+        by_user = states.new_zeros((self.n_users_, network.hidden_size))
+        by_user[torch.as_tensor(sequences.user_codes, device=states.device)] = states
+        return by_user.to(network.item_input.dtype)
 
     def _validation(self, network, sequences, n_train):
         first = self._first_trained(n_train)
@@ -302,9 +373,30 @@ class CollaborativeGRURecommender(TorchRecommender):
             self.network_, sequences, start, sequences.prefix_start + sequences.lengths,
             dtype=_INFERENCE_DTYPE)
 
+    def _initial_rows(self, name, known, n_new, n_seen):
+        """New items: zero output weights and the bias of an unseen item's prior.
+
+        The bias is :func:`~skcrnn._torch.output.unseen_item_bias` at the
+        initial state (where a user without history starts); other rows
+        (item inputs, users' recurrent matrices) are the mean of the known
+        ones.
+        """
+        if name == "output_weight":
+            return known.new_zeros((n_new,) + tuple(known.shape[1:]))
+        if name == "output_bias":
+            bias = unseen_item_bias(self._initial_logits(), n_new, n_seen)
+            return known.new_full((n_new,), bias)
+        return super()._initial_rows(name, known, n_new, n_seen)
+
+    def _initial_logits(self):
+        """``network_``'s logits at the initial state, in double precision."""
+        weight = self.network_.output_weight.to(_INFERENCE_DTYPE)
+        bias = self.network_.output_bias.to(_INFERENCE_DTYPE)
+        return bias + weight.sum(dim=1) * float(self.initial_state)
+
     def _append_events(self, continuation):
         codes = continuation.user_codes
-        start = self._start_states(np.where(codes < len(self.final_states_), codes, -1))
+        start = self._cached_states(codes)
         advanced = forward_states(self.network_, continuation, start,
                                   continuation.prefix_start + continuation.lengths,
                                   dtype=_INFERENCE_DTYPE)
@@ -319,6 +411,11 @@ class CollaborativeGRURecommender(TorchRecommender):
             raise ValueError("its tensors do not match its vocabularies")
 
     # -------------------------------------------------------------- scoring
+    def _cached_states(self, user_codes):
+        """Cached final states, the initial state for users without one (new ones)."""
+        cached = user_codes < len(self.final_states_)
+        return self._start_states(np.where(cached, user_codes, -1))
+
     def _start_states(self, user_codes):
         """Stored final states of known users, the initial state for ``-1``."""
         device = torch.device(self.device_)

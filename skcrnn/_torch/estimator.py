@@ -9,7 +9,12 @@ and persistence hooks:
 - the fit path: a run with early stopping on each user's last events, then
   (``refit=True``) a new network trained on all events for the best number
   of epochs, with a checkpoint that resumes a killed fit (:mod:`.checkpoint`);
-- the training loop and its optimizer (:mod:`.loop`, :mod:`.optim`);
+- the training loop and its optimizer (:mod:`.loop`, :mod:`.optim`), whose
+  final statistics are kept (``optimizer_state_``) for ``partial_fit``;
+- ``partial_fit`` (``_learn_events``): the network grown for the new users
+  and items along the rows it declares in ``row_indexed``, the optimizer's
+  statistics with it, then the same training loop over the new events only,
+  each user continuing where its history left off;
 - saving, loading (onto any device) and pickling the fitted network.
 
 A model is a subclass that supplies its network and its batches:
@@ -18,10 +23,12 @@ A model is a subclass that supplies its network and its batches:
     an uninitialized ``torch.nn.Module`` with ``reset_parameters(generator)``,
     a ``config`` dict that rebuilds it (``_network_type(**config)``) and
     ``row_indexed`` (see :mod:`.optim`);
-``_training_plan(network, sequences, n_train, device)``
+``_training_plan(network, sequences, n_train, device, continuation=False)``
     the training batches of each user's first ``n_train`` events, the
     callable that yields a batch's :class:`~.loop.Step` s, and the number of
-    steps per epoch;
+    steps per epoch; with ``continuation``, the sequences continue the
+    users' histories (``partial_fit``) and each user's training starts
+    where its history left off;
 ``_validation(network, sequences, n_train)``
     a callable that returns the validation loss of the network's current
     weights on the events after the first ``n_train`` of each user;
@@ -30,9 +37,16 @@ A model is a subclass that supplies its network and its batches:
 ``_after_fit(sequences)``, optional
     fitted attributes computed from the trained network (listed in
     ``_fitted_tensors`` when they are tensors, so that they are saved and
-    moved with the network).
+    moved with the network);
+``_append_events(continuation)``, optional
+    :meth:`~skcrnn._base.BaseRecommender.update`'s hook, which
+    ``partial_fit`` also calls once the network has learned the new events;
+``_initial_rows(name, known, n_new, n_seen)``, optional
+    the rows of new users or items of a row-indexed parameter (by default
+    the mean of the known rows).
 """
 
+import copy
 import os
 from abc import abstractmethod
 from numbers import Integral, Real
@@ -46,7 +60,7 @@ from .._base import BaseRecommender
 from .batching import validation_sizes
 from .checkpoint import Checkpoint, fingerprint
 from .loop import train
-from .optim import Optimizer
+from .optim import Optimizer, grown_state_dict
 from .runtime import cpu_threads, draw_seeds, resolve_device, usable_device
 
 #: Parameters that may differ between a fit and the fit that resumes it: they
@@ -55,7 +69,7 @@ from .runtime import cpu_threads, draw_seeds, resolve_device, usable_device
 #: rounding).
 NOT_IN_FINGERPRINT = frozenset({"verbose", "device", "n_jobs", "checkpoint_dir",
                                 "user_col", "item_col", "time_col",
-                                "handle_unknown"})
+                                "handle_unknown", "partial_epochs"})
 
 
 class TorchRecommender(BaseRecommender):
@@ -77,6 +91,7 @@ class TorchRecommender(BaseRecommender):
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "refit": ["boolean"],
+        "partial_epochs": [Interval(Integral, 0, None, closed="left")],
         "device": [str],
         "n_jobs": [None, Integral],
         "random_state": ["random_state"],
@@ -114,6 +129,31 @@ class TorchRecommender(BaseRecommender):
     def _after_fit(self, sequences):
         """Set fitted attributes that derive from the trained ``network_``."""
 
+    def _initial_rows(self, name, known, n_new, n_seen):
+        """Rows of ``n_new`` new users or items of the row-indexed parameter ``name``.
+
+        By default the mean of the ``known`` rows (in double precision,
+        rounded once to their type): a newcomer starts as the average of
+        those the model knows.
+
+        Parameters
+        ----------
+        name : str
+            The parameter's name in the network.
+        known : Tensor
+            Its rows in ``network_``, those of the known users or items.
+        n_new : int
+            Rows to make.
+        n_seen : int
+            Events in the histories before the new ones.
+
+        Returns
+        -------
+        Tensor of shape (n_new, *known.shape[1:])
+        """
+        mean = known.mean(dim=0, dtype=torch.float64).to(known.dtype)
+        return mean.expand((n_new,) + tuple(known.shape[1:]))
+
     # -------------------------------------------------------------- fitting
     def _check_fit_params(self):
         resolve_device(self.device)
@@ -127,10 +167,9 @@ class TorchRecommender(BaseRecommender):
         device = resolve_device(self.device)
         with cpu_threads(self.n_jobs):
             network = self._fit_network(sequences, device)
-            for parameter in network.parameters():
-                parameter.requires_grad_(False)
-            self.network_ = network
+            self.network_ = _frozen(network)
             self.device_ = str(device)
+            self.partial_history_ = []
             self._after_fit(sequences)
 
     def _fit_network(self, sequences, device):
@@ -148,15 +187,15 @@ class TorchRecommender(BaseRecommender):
             self.history_ = [dict(entry) for entry in record["first_history"]]
             self.best_epoch_ = record["first_best_epoch"]
         else:
-            network, self.history_, self.best_epoch_ = self._train(
-                sequences, n_train, self.max_epochs, seeds, device,
-                _phase(checkpoint, 1, seeds, record))
+            network, self.history_, self.best_epoch_, self.optimizer_state_ = (
+                self._train(sequences, n_train, self.max_epochs, seeds, device,
+                            _phase(checkpoint, 1, seeds, record)))
         self.n_iter_ = len(self.history_)
         self.refit_history_ = None
         if self.refit and self.best_epoch_ is not None:
             if self.verbose:
                 tqdm.write(f"refit on all events for {self.best_epoch_} epoch(s)")
-            network, self.refit_history_, _ = self._train(
+            network, self.refit_history_, _, self.optimizer_state_ = self._train(
                 sequences, lengths, self.best_epoch_, seeds, device,
                 _phase(checkpoint, 2, seeds, record, first_history=self.history_,
                        first_best_epoch=self.best_epoch_))
@@ -184,25 +223,141 @@ class TorchRecommender(BaseRecommender):
         The events after them, if any, are the validation events. The same
         ``seeds`` give the same initial weights and batch orders.
 
-        Returns the network, its history and its best epoch (None without
-        validation).
+        Returns the network, its history, its best epoch (None without
+        validation) and the optimizer's final statistics.
         """
         generator = torch.Generator().manual_seed(int(seeds[0]))
-        rng = np.random.default_rng(int(seeds[1]))
         network = self._new_network().reset_parameters(generator).to(device)
-        batches, steps, n_steps = self._training_plan(network, sequences, n_train,
-                                                      device)
         validate = None
         if (sequences.lengths > n_train).any():
             validate = self._validation(network, sequences, n_train)
+        history, best_epoch, optimizer_state = self._run_epochs(
+            network, sequences, n_train, max_epochs,
+            np.random.default_rng(int(seeds[1])), device, validate=validate,
+            checkpoint=checkpoint)
+        return network, history, best_epoch, optimizer_state
+
+    def _run_epochs(self, network, sequences, n_train, max_epochs, rng, device, *,
+                    validate=None, checkpoint=None, optimizer_state=None,
+                    continuation=False):
+        """Train ``network`` in place with :func:`~.loop.train`.
+
+        Parameters
+        ----------
+        network : torch.nn.Module
+        sequences : Sequences
+        n_train : ndarray of int
+            Each group's training events (its first ones).
+        max_epochs : int
+        rng : numpy.random.Generator
+            Shuffles the batches.
+        device : torch.device
+        validate : callable or None
+            The validation loss, for early stopping.
+        checkpoint : object or None
+            See :func:`~.loop.train`.
+        optimizer_state : dict or None
+            Statistics of :meth:`~.optim.Optimizer.state_dict` to start from;
+            None starts from zero.
+        continuation : bool
+            The sequences continue the users' histories (see
+            ``_training_plan``).
+
+        Returns
+        -------
+        history : list of dict
+        best_epoch : int or None
+        optimizer_state : dict
+            The optimizer's statistics after the last epoch, on the CPU.
+        """
+        batches, steps, n_steps = self._training_plan(
+            network, sequences, n_train, device, continuation=continuation)
         optimizer = Optimizer(network, self.optimizer, self.learning_rate,
                               self.rho, self.epsilon)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
         history, best_epoch = train(
             network, optimizer, batches, steps, max_epochs=max_epochs,
             validate=validate, n_iter_no_change=self.n_iter_no_change, rng=rng,
             n_steps=n_steps, max_loss=_divergence_loss(self.n_items_),
             verbose=self.verbose, checkpoint=checkpoint)
-        return network, history, best_epoch
+        return history, best_epoch, optimizer.state_dict()
+
+    # ---------------------------------------------------- incremental learning
+    def _learn_events(self, continuation, previous_history):
+        """``partial_fit``: grow, train on the new events, follow them.
+
+        Runs on ``partial_fit``'s staging copy, on ``device_`` (where the
+        network lives), and replaces ``network_``, ``optimizer_state_``,
+        ``partial_history_`` and what ``_append_events`` sets with new
+        objects: the old network's tensors are never changed.
+        """
+        device = torch.device(self.device_)
+        with cpu_threads(self.n_jobs):
+            network, optimizer_state = self._grown(len(previous_history.items))
+            epochs, _, self.optimizer_state_ = self._run_epochs(
+                network, continuation, continuation.lengths, self.partial_epochs,
+                self._partial_rng(), device, optimizer_state=optimizer_state,
+                continuation=True)
+            self.network_ = _frozen(network)
+            self._append_events(continuation)
+        self.partial_history_ = [*self.partial_history_, {
+            "n_events": len(continuation.items), "n_users": continuation.n_groups,
+            "epochs": epochs}]
+
+    def _grown(self, n_seen):
+        """A copy of ``network_`` at the grown vocabularies, and its optimizer state.
+
+        The network is built anew by ``_new_network`` (at ``n_users_`` and
+        ``n_items_``). Each parameter that it declares row-indexed
+        (``row_indexed``: parameter -> "user" or "item") keeps the rows of
+        ``network_``, and its new rows (users or items that the old network
+        has no row for) are ``_initial_rows``; every other parameter is
+        copied. The optimizer's statistics grow with zero rows
+        (:func:`~.optim.grown_state_dict`); they are None (statistics
+        starting from zero) when the model has none (a file saved before
+        they were) or they belong to the other optimizer.
+
+        Parameters
+        ----------
+        n_seen : int
+            Events in the histories before the new ones.
+
+        Returns
+        -------
+        network : torch.nn.Module
+            Trainable (``requires_grad``), on ``network_``'s device.
+        optimizer_state : dict or None
+        """
+        old = self.network_
+        network = self._new_network().to(old.item_input.device)
+        with torch.no_grad():
+            for name, parameter in network.named_parameters():
+                known = old.get_parameter(name)
+                n_new = parameter.shape[0] - known.shape[0]
+                if (parameter.shape[1:] != known.shape[1:] or n_new < 0
+                        or (n_new and name not in network.row_indexed)):
+                    raise RuntimeError(f"{name} of shape {tuple(known.shape)} cannot "
+                                       f"grow to {tuple(parameter.shape)}")
+                parameter[:known.shape[0]] = known
+                if n_new:
+                    parameter[known.shape[0]:] = self._initial_rows(name, known, n_new,
+                                                                    n_seen)
+        state = getattr(self, "optimizer_state_", None)
+        if state is None or state["name"] != self.optimizer:
+            return network, None
+        return network, grown_state_dict(state, network)
+
+    def _partial_rng(self):
+        """The batch order's generator of this ``partial_fit`` call.
+
+        Seeded with the fit's batch-order seed (:func:`.runtime.draw_seeds`
+        of ``random_state``) and the call's number (``len(partial_history_)
+        + 1``): with an int ``random_state``, each call's order is
+        reproducible, also after save and load.
+        """
+        seed = draw_seeds(self.random_state)[1]
+        return np.random.default_rng([seed, len(self.partial_history_) + 1])
 
     # -------------------------------------------------------------- scoring
     def _log_proba(self, sequences, prefixes, targets=None):
@@ -250,6 +405,8 @@ class TorchRecommender(BaseRecommender):
             "refit_history": (None if self.refit_history_ is None else
                               [dict(entry) for entry in self.refit_history_]),
             "best_epoch": self.best_epoch_,
+            "optimizer_state": self.optimizer_state_,
+            "partial_history": copy.deepcopy(self.partial_history_),
         }
         for attribute, entry in self._fitted_tensors.items():
             state[entry] = getattr(self, attribute).detach().cpu()
@@ -270,6 +427,16 @@ class TorchRecommender(BaseRecommender):
                                [dict(entry) for entry in record["refit_history"]])
         self.best_epoch_ = record["best_epoch"]
         self.n_iter_ = len(self.history_)
+        # files written before partial_fit existed have neither
+        self.optimizer_state_ = record.get("optimizer_state")
+        if self.optimizer_state_ is not None:
+            self._check_optimizer_state(self.optimizer_state_)
+        self.partial_history_ = copy.deepcopy(record.get("partial_history", []))
+
+    def _check_optimizer_state(self, state):
+        """Raise ``ValueError`` if ``state`` is not statistics of ``network_``'s."""
+        Optimizer(self.network_, state["name"], self.learning_rate, self.rho,
+                  self.epsilon).load_state_dict(state)
 
     def _check_restored(self):
         """Raise ``ValueError`` if restored tensors do not fit the vocabularies."""
@@ -290,11 +457,21 @@ class TorchRecommender(BaseRecommender):
     def __setstate__(self, state):
         super().__setstate__(state)
         if "network_" in state:
+            # pickled before partial_fit existed: no statistics, no partial run
+            vars(self).setdefault("optimizer_state_", None)
+            vars(self).setdefault("partial_history_", [])
             target = usable_device(state.get("device_", "cpu"))
             self.network_ = self.network_.to(target)
             for attribute in self._fitted_tensors:
                 setattr(self, attribute, getattr(self, attribute).to(target))
             self.device_ = str(target)
+
+
+def _frozen(network):
+    """``network`` with its parameters' gradients off (fitted)."""
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
 
 
 def _phase(checkpoint, phase, seeds, record, **first):
