@@ -2,9 +2,10 @@
 Saving, loading and recommending
 ================================
 
-``save`` writes parameters, vocabularies and tensors to one file that
-``torch.load(..., weights_only=True)`` can read; ``load`` maps a model
-trained on a GPU onto the CPU (or any device you name).
+``save`` writes parameters, vocabularies and tensors to one file (a zip of
+JSON and arrays, read back without pickle), replacing an existing file
+atomically; ``load`` maps a model trained on a GPU onto the CPU (or any
+device you name).
 """
 
 import tempfile
