@@ -13,6 +13,7 @@ within 0.1 nats of A, at most a fifth of A's time.
     python benchmarks/rolling_window.py foursquare
     python benchmarks/rolling_window.py generated
     python benchmarks/rolling_window.py foursquare --model bigram
+    python benchmarks/rolling_window.py foursquare --partial-epochs 10
 """
 
 import argparse
@@ -52,6 +53,7 @@ def model_for(name, args):
     if name == "bigram":
         return BigramRecommender(alpha=100)
     return CollaborativeGRURecommender(**PAPER_BRIGHTKITE, max_epochs=args.max_epochs,
+                                       partial_epochs=args.partial_epochs,
                                        device="cpu", n_jobs=args.threads,
                                        random_state=args.seed)
 
@@ -69,6 +71,8 @@ def main():
     parser.add_argument("--data", default=str(FOURSQUARE))
     parser.add_argument("--slices", type=int, default=10)
     parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--partial-epochs", type=int, default=1,
+                        help="the recurrent model's passes over each new slice")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
