@@ -9,12 +9,16 @@ import os
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .._torch.batching import make_batches, window
+from .. import _persistence
+from .._decayed_counts import PastWeights, scaled_rows, total_weight
+from .._sparse import dense_rows, lookup
+from .._torch.batching import make_batches, window, window_mask
 from .._torch.estimator import TorchRecommender
-from .._torch.output import log_proba, unseen_item_bias
+from .._torch.output import Copy, log_proba, unseen_item_bias
 from .network import CollaborativeRNN
 from .recurrence import forward_states
 from .tbptt import BPTT, chunk_losses, n_chunks
@@ -124,6 +128,15 @@ class CollaborativeGRURecommender(TorchRecommender):
         new events); ``None`` keeps all.
     initial_state : float, default=0.0
         Value of every coordinate of the state before a user's first event.
+    copy_history : bool, default=False
+        Mix the softmax with the user's own past items through a learned,
+        state-dependent gate (see "Copying from the history" below). Off,
+        the model is the paper's.
+    copy_decay : float, default=1.0
+        With ``copy_history``, how fast a past event's weight decays with
+        each later event, in ``(0, 1]``: ``1`` copies in proportion to
+        counts, smaller values favour recent items. Only with
+        ``copy_history=True``.
     device : str, default="auto"
         Torch device of training and scoring: ``"auto"`` (CUDA when
         available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
@@ -189,6 +202,10 @@ class CollaborativeGRURecommender(TorchRecommender):
         One entry per :meth:`partial_fit` call since ``fit``: ``n_events``
         (the new events), ``n_users`` (the users who had some) and
         ``epochs`` (per epoch, as in ``history_``, ``valid_loss`` NaN).
+    history_weights_ : scipy.sparse.csr_matrix of shape (n_users, n_items)
+        With ``copy_history``: the decayed counts ``w(i)`` of each user's
+        items at the end of the user's history (the copy component's cache,
+        advanced by :meth:`update` and :meth:`partial_fit`).
     device_ : str
         Where ``network_`` lives.
     classes_ : ndarray of shape (n_items,)
@@ -234,6 +251,20 @@ class CollaborativeGRURecommender(TorchRecommender):
       that training started from. Other users keep theirs; ``fit`` on all
       events recomputes everything.
 
+    **Copying from the history.** Users revisit: check-ins return to the
+    same places, listeners to the same songs. With ``copy_history=True``
+    the next-item distribution is::
+
+        P(i | past) = (1 - g) softmax(W_out h_t + b)_i + g w(i) / Z
+        g = sigmoid(v . h_t + a log Z + c)
+
+    where ``w(i) = sum_{s < t, x_s = i} copy_decay ** (t - 1 - s)`` weighs
+    the user's past events (training history, updates and the earlier rows
+    of a scored continuation), ``Z = sum_i w(i)``, and ``v``, ``a``, ``c``
+    are learned with the rest on the same likelihood. A user with no past
+    gets the softmax alone. Rows of :meth:`predict_proba` still sum to 1,
+    and :meth:`score_samples` is exact. The gate starts at ``g = 1/2``.
+
     Scoring runs in double precision from the float32 weights, so that a
     row's log-probability does not depend on the other rows of the call.
 
@@ -266,6 +297,8 @@ class CollaborativeGRURecommender(TorchRecommender):
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "max_train_chunks": [None, Interval(Integral, 1, None, closed="left")],
         "initial_state": [Interval(Real, None, None, closed="neither")],
+        "copy_history": ["boolean"],
+        "copy_decay": [Interval(Real, 0, 1, closed="right")],
     }
 
     _fitted_tensors = {"final_states_": "final_states"}
@@ -275,7 +308,8 @@ class CollaborativeGRURecommender(TorchRecommender):
                  optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
                  n_iter_no_change=3, refit=True, partial_epochs=1,
-                 max_train_chunks=None, initial_state=0.0, device="auto",
+                 max_train_chunks=None, initial_state=0.0, copy_history=False,
+                 copy_decay=1.0, device="auto",
                  n_jobs=None, random_state=None, verbose=0,
                  checkpoint_dir=None, user_col="user", item_col="item",
                  time_col="timestamp", handle_unknown="ignore"):
@@ -296,6 +330,8 @@ class CollaborativeGRURecommender(TorchRecommender):
         self.partial_epochs = partial_epochs
         self.max_train_chunks = max_train_chunks
         self.initial_state = initial_state
+        self.copy_history = copy_history
+        self.copy_decay = copy_decay
         self.device = device
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -311,6 +347,11 @@ class CollaborativeGRURecommender(TorchRecommender):
         if not np.isfinite(self.initial_state):
             raise ValueError(
                 f"initial_state must be finite; got {self.initial_state!r}.")
+        if self.copy_decay != 1.0 and not self.copy_history:
+            raise ValueError(
+                f"copy_decay={self.copy_decay!r} is only used with "
+                f"copy_history=True; set copy_history=True or leave copy_decay "
+                f"at 1.0.")
         bptt = os.environ.get("SKCRNN_BPTT", "manual")
         if bptt not in BPTT:
             raise ValueError(f"The environment variable SKCRNN_BPTT is {bptt!r}; "
@@ -321,7 +362,7 @@ class CollaborativeGRURecommender(TorchRecommender):
         return CollaborativeRNN(
             self.n_users_, self.n_items_, self.hidden_size, cell=self.cell,
             shared=self.recurrent_weights == "shared",
-            candidate=self.candidate_activation)
+            candidate=self.candidate_activation, copy_history=self.copy_history)
 
     @classmethod
     def _network_type(cls):
@@ -338,8 +379,13 @@ class CollaborativeGRURecommender(TorchRecommender):
         start = float(self.initial_state)
         if continuation:
             start = self._continuation_starts(network, sequences, first)
+        event_values = None
+        if self.copy_history:
+            keep = window_mask(sequences, first, n_train)
+            event_values = {name: values[keep].astype(np.float32) for name, values
+                            in self._past_of_events(sequences, continuation).items()}
         batches = make_batches(window(sequences, first, n_train), self.batch_size,
-                               device)
+                               device, event_values=event_values)
         bptt = os.environ.get("SKCRNN_BPTT", "manual")
 
         def steps(batch):
@@ -364,14 +410,22 @@ class CollaborativeGRURecommender(TorchRecommender):
 
     def _validation(self, network, sequences, n_train):
         first = self._first_trained(n_train)
+        past = None
+        if self.copy_history:
+            keep = window_mask(sequences, first, sequences.lengths)
+            past = {name: values[keep] for name, values
+                    in self._past_of_events(sequences).items()}
         return _Validation(network, window(sequences, first, sequences.lengths),
-                           n_train - first, self.initial_state)
+                           n_train - first, self.initial_state, past)
 
     def _after_fit(self, sequences):
         start = self._start_states(np.full(self.n_users_, -1))
         self.final_states_ = forward_states(
             self.network_, sequences, start, sequences.prefix_start + sequences.lengths,
             dtype=_INFERENCE_DTYPE)
+        if self.copy_history:
+            self.history_weights_ = PastWeights(sequences, self.copy_decay,
+                                                self.n_items_).final()
 
     def _initial_rows(self, name, known, n_new, n_seen):
         """New items: zero output weights and the bias of an unseen item's prior.
@@ -404,11 +458,111 @@ class CollaborativeGRURecommender(TorchRecommender):
         final_states[:len(self.final_states_)] = self.final_states_
         final_states[torch.as_tensor(codes, device=final_states.device)] = advanced
         self.final_states_ = final_states
+        if self.copy_history:
+            # w after the new events: the old weights decayed by as many
+            # events, plus the new events' own
+            decay = np.ones(self.n_users_)
+            decay[codes] = float(self.copy_decay) ** continuation.lengths
+            to_users = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
+                                     shape=(self.n_users_, len(codes)))
+            weights = scaled_rows(self._history_cache(), decay) + (
+                to_users @ PastWeights(continuation, self.copy_decay,
+                                       self.n_items_).final())
+            weights.sort_indices()  # for _sparse.lookup
+            self.history_weights_ = weights
 
     def _check_restored(self):
         if (self.final_states_.shape != (self.n_users_, self.network_.hidden_size)
                 or self.network_.item_input.shape[0] != self.n_items_):
             raise ValueError("its tensors do not match its vocabularies")
+        if self.network_.copy_history != bool(self.copy_history):
+            raise ValueError("its network does not match copy_history")
+
+    def _fitted_state(self):
+        state = super()._fitted_state()
+        if self.copy_history:
+            state["history_weights"] = _persistence.to_saved(self.history_weights_)
+        return state
+
+    def _restore_fitted_state(self, record, device):
+        if self.copy_history:
+            self.history_weights_ = _persistence.from_saved(
+                record["history_weights"], ("n_users", "n_items"),
+                {"n_users": self.n_users_, "n_items": self.n_items_},
+                "history_weights")
+        super()._restore_fitted_state(record, device)
+
+    # ------------------------------------------------------ the copy gate
+    def _history_cache(self):
+        """``history_weights_`` grown (zero rows, columns) to the vocabularies."""
+        cache = self.history_weights_
+        if cache.shape == (self.n_users_, self.n_items_):
+            return cache
+        grown = sp.csr_matrix((cache.data, cache.indices, np.append(
+            cache.indptr, np.full(self.n_users_ - cache.shape[0], cache.indptr[-1]))),
+            shape=(self.n_users_, self.n_items_))
+        return grown
+
+    def _past_of_events(self, sequences, continuation=False):
+        """Each event's ``log_copy`` and ``log_mass`` (see :func:`.tbptt.chunk_losses`).
+
+        The past of an event is its group's earlier events, after, when the
+        sequences are a ``continuation`` (``partial_fit``), the user's
+        history before them (``_history`` holds them already).
+        """
+        history_lengths = None
+        if continuation:
+            history_lengths = (self._history.lengths[sequences.user_codes]
+                               - sequences.lengths)
+        return self._past(sequences, sequences.group_of_event,
+                          sequences.position_of_event, sequences.items,
+                          history_lengths)
+
+    def _past(self, sequences, groups, lengths, targets=None, history_lengths=None):
+        """The copy component's inputs at prefixes of ``sequences``.
+
+        Parameters
+        ----------
+        sequences : Sequences
+        groups, lengths : ndarray of int
+            The prefixes: the first ``lengths[j]`` items of group ``groups[j]``.
+        targets : ndarray of int, optional
+            One item per prefix; without them, every item.
+        history_lengths : ndarray of int, optional
+            Events of each group's user before the sequence, whose weights
+            are ``history_weights_``; None: the sequences start the
+            histories.
+
+        Returns
+        -------
+        dict
+            ``log_copy``: ``log(w(i) / Z)`` of each prefix's target (shape
+            ``(n,)``) or of every item (``(n, n_items)``), ``-inf`` where
+            ``w(i) = 0``; ``log_mass``: ``log Z`` (shape ``(n,)``), ``-inf``
+            for an empty past.
+        """
+        decay = float(self.copy_decay)
+        within = PastWeights(sequences, decay, self.n_items_)
+        mass = total_weight(lengths, decay)
+        if targets is not None:
+            weights = within.at(groups, lengths, targets)
+        else:
+            weights = within.rows(groups, lengths).toarray()
+        if history_lengths is not None:
+            users = sequences.user_codes[groups]
+            scale = decay ** np.asarray(lengths, dtype=np.float64)
+            mass = mass + scale * total_weight(history_lengths[groups], decay)
+            cache = self._history_cache()
+            if targets is not None:
+                weights = weights + scale * lookup(cache, users, targets)
+            else:
+                weights = weights + scale[:, None] * dense_rows(cache, users)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_mass = np.log(mass)
+            denominator = log_mass if targets is not None else log_mass[:, None]
+            log_copy = np.where(np.isfinite(denominator),
+                                np.log(weights) - denominator, -np.inf)
+        return {"log_copy": log_copy, "log_mass": log_mass}
 
     # -------------------------------------------------------------- scoring
     def _cached_states(self, user_codes):
@@ -433,8 +587,18 @@ class CollaborativeGRURecommender(TorchRecommender):
         start = self._start_states(sequences.user_codes)
         states = forward_states(self.network_, sequences, start, prefixes,
                                 dtype=_INFERENCE_DTYPE)
+        copy = None
+        if self.copy_history:
+            groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
+            users = sequences.user_codes
+            history_lengths = np.where(
+                users >= 0, self._history.lengths[np.maximum(users, 0)], 0)
+            past = self._past(sequences, groups, prefixes - sequences.prefix_start[groups],
+                              targets, history_lengths)
+            copy = _copy_component(self.network_, states, past)
         return log_proba(states, self.network_.output_weight,
-                         self.network_.output_bias, targets, dtype=_INFERENCE_DTYPE)
+                         self.network_.output_bias, targets, dtype=_INFERENCE_DTYPE,
+                         copy=copy)
 
 
 class _Validation:
@@ -448,7 +612,7 @@ class _Validation:
     held-out events.
     """
 
-    def __init__(self, network, sequences, n_head, initial_state):
+    def __init__(self, network, sequences, n_head, initial_state, past=None):
         self.network = network
         self.initial_state = float(initial_state)
         position = sequences.position_of_event
@@ -458,6 +622,8 @@ class _Validation:
         self.prefixes = held_out + group[held_out]
         self.targets = sequences.items[held_out]
         self.groups = np.unique(group[held_out], return_inverse=True)[1]
+        self.past = None if past is None else {
+            name: values[held_out] for name, values in past.items()}
 
     def __call__(self):
         device = self.network.item_input.device
@@ -465,8 +631,19 @@ class _Validation:
                            self.initial_state, dtype=_VALIDATION_DTYPE, device=device)
         states = forward_states(self.network, self.sequences, start, self.prefixes,
                                 dtype=_VALIDATION_DTYPE)
+        copy = None
+        if self.past is not None:
+            copy = _copy_component(self.network, states, self.past)
         nll = -log_proba(states, self.network.output_weight, self.network.output_bias,
-                         self.targets, dtype=_VALIDATION_DTYPE)
+                         self.targets, dtype=_VALIDATION_DTYPE, copy=copy)
         sums = np.bincount(self.groups, weights=nll)
         counts = np.bincount(self.groups)
         return float(np.mean(sums / counts))
+
+
+def _copy_component(network, states, past):
+    """The :class:`~skcrnn._torch.output.Copy` of ``states`` given :meth:`_past`'s arrays."""
+    def as_tensor(values):
+        return torch.as_tensor(values, dtype=states.dtype, device=states.device)
+    return Copy(network.gate_logits(states, as_tensor(past["log_mass"])),
+                as_tensor(past["log_copy"]))

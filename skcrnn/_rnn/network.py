@@ -10,7 +10,11 @@ the parameters are
     the recurrent matrices: one set per user (C-GRU, C-tanh, the
     collaborative parameterisation) or one set for everybody (P-GRU);
 ``output_weight`` (n_items, H) and ``output_bias`` (n_items,)
-    the shared output layer: ``logits = h @ output_weight.T + output_bias``.
+    the shared output layer: ``logits = h @ output_weight.T + output_bias``;
+``gate_weight`` (H + 1,) and ``gate_bias`` (1,), with ``copy_history``
+    the copy gate, ``g = sigmoid(gate_weight . [h, log Z] + gate_bias)``,
+    that mixes the softmax with the user's past items (``Z``: their total
+    weight, see :mod:`skcrnn._decayed_counts`).
 """
 
 import math
@@ -36,6 +40,8 @@ class CollaborativeRNN(nn.Module):
         One set of recurrent matrices for everybody instead of one per user.
     candidate : {"tanh", "sigmoid"}, default="tanh"
         Activation of the GRU's candidate state.
+    copy_history : bool, default=False
+        Add the copy gate's parameters.
     dtype : torch.dtype, default=torch.float32
         Type of the parameters.
 
@@ -53,7 +59,7 @@ class CollaborativeRNN(nn.Module):
     """
 
     def __init__(self, n_users, n_items, hidden_size, cell="gru", shared=False,
-                 candidate="tanh", dtype=torch.float32):
+                 candidate="tanh", copy_history=False, dtype=torch.float32):
         super().__init__()
         self.unit = make_cell(cell, candidate)
         self.cell = cell
@@ -68,6 +74,11 @@ class CollaborativeRNN(nn.Module):
         self.output_weight = nn.Parameter(
             torch.empty(n_items, self.hidden_size, dtype=dtype))
         self.output_bias = nn.Parameter(torch.empty(n_items, dtype=dtype))
+        self.copy_history = bool(copy_history)
+        if self.copy_history:
+            self.gate_weight = nn.Parameter(
+                torch.empty(self.hidden_size + 1, dtype=dtype))
+            self.gate_bias = nn.Parameter(torch.empty(1, dtype=dtype))
         self.row_indexed = {"item_input": "item", "output_weight": "item",
                             "output_bias": "item"}
         if not self.shared:
@@ -78,10 +89,15 @@ class CollaborativeRNN(nn.Module):
         """Constructor arguments that rebuild the same architecture."""
         return {"n_users": self.recurrent.shape[0], "n_items": self.item_input.shape[0],
                 "hidden_size": self.hidden_size, "cell": self.cell,
-                "shared": self.shared, "candidate": self.candidate}
+                "shared": self.shared, "candidate": self.candidate,
+                "copy_history": self.copy_history}
 
     def reset_parameters(self, generator=None):
         """Weights from N(0, 1/sqrt(H)) (standard deviation), zero output bias.
+
+        The copy gate starts at zero (an even mix wherever there is a past),
+        without drawing numbers: the other weights are those of the same
+        seed without it.
 
         The numbers are drawn on the CPU with ``generator`` and then copied to
         the parameters' device, so that a seed gives the same start anywhere.
@@ -93,7 +109,32 @@ class CollaborativeRNN(nn.Module):
                                    dtype=weight.dtype)
                 weight.copy_(draw * std)
             self.output_bias.zero_()
+            if self.copy_history:
+                self.gate_weight.zero_()
+                self.gate_bias.zero_()
         return self
+
+    def gate_logits(self, states, log_mass):
+        """The copy gate's logits, ``-inf`` (no copy) where there is no past.
+
+        Parameters
+        ----------
+        states : Tensor of shape (N, H)
+            The states that predict the next items.
+        log_mass : Tensor of shape (N,)
+            ``log Z`` of the user's past items before each of them, ``-inf``
+            for an empty past.
+
+        Returns
+        -------
+        Tensor of shape (N,), in the type of ``states``
+        """
+        has_past = torch.isfinite(log_mass)
+        weight = self.gate_weight.to(states.dtype)
+        logits = (states @ weight[:-1]
+                  + torch.where(has_past, log_mass, 0.0).to(states.dtype) * weight[-1]
+                  + self.gate_bias.to(states.dtype))
+        return torch.where(has_past, logits, float("-inf"))
 
     def recurrent_for(self, users, dtype=None):
         """The recurrent matrices of a batch of users, for the cell's step.

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .._torch.loop import Step
 from .._torch.optim import Rows
-from .._torch.output import summed_cross_entropy
+from .._torch.output import Copy, summed_cross_entropy
 from .recurrence import autograd_states, chunk_states
 
 #: How a chunk's gradients are computed: the hand-written BPTT of
@@ -58,6 +58,10 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
         (``partial_fit``: where the user's history left off).
     bptt : {"manual", "autograd"}, default="manual"
         See :data:`BPTT`; both compute the same numbers.
+
+    With the network's copy gate, ``batch.event_values`` holds each event's
+    ``log_copy`` (log-probability of its item under the user's past items)
+    and ``log_mass`` (``log Z`` of that past), padded like the items.
     """
     run = BPTT[bptt]
     device = batch.items.device
@@ -83,8 +87,14 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
                              n_steps)
         states = states.flatten(0, 1).index_select(0, real)
         targets = items.flatten().index_select(0, real)
+        copy = None
+        if network.copy_history:
+            past = {name: values[:active, start:stop].flatten().index_select(0, real)
+                    for name, values in batch.event_values.items()}
+            copy = Copy(network.gate_logits(states, past["log_mass"]),
+                        past["log_copy"])
         nll = summed_cross_entropy(states, network.output_weight,
-                                   network.output_bias, targets)
+                                   network.output_bias, targets, copy=copy)
         loss = nll / (len(batch.lengths) * chunk_size)
         yield Step(loss, nll.detach(), len(real), rows.touched)
 

@@ -4,7 +4,7 @@ Everything here is vectorized numpy over :class:`~skcrnn._events.Sequences`;
 there is no loop over users or events.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,11 +53,16 @@ def window(sequences, start, stop):
     """
     start = np.asarray(start, dtype=np.int64)
     stop = np.asarray(stop, dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(stop - start)]).astype(np.int64)
+    return Sequences(sequences.user_codes, indptr,
+                     sequences.items[window_mask(sequences, start, stop)])
+
+
+def window_mask(sequences, start, stop):
+    """Which events :func:`window` keeps (to window per-event arrays alike)."""
     position = sequences.position_of_event
     group = sequences.group_of_event
-    keep = (position >= start[group]) & (position < stop[group])
-    indptr = np.concatenate([[0], np.cumsum(stop - start)]).astype(np.int64)
-    return Sequences(sequences.user_codes, indptr, sequences.items[keep])
+    return (position >= np.asarray(start)[group]) & (position < np.asarray(stop)[group])
 
 
 def length_sorted_batches(lengths, batch_size):
@@ -78,8 +83,8 @@ def length_sorted_batches(lengths, batch_size):
     return [groups[i:i + batch_size] for i in range(0, len(groups), batch_size)]
 
 
-def pad(sequences, groups, max_length=None):
-    """The groups' items as a right-padded matrix.
+def pad(sequences, groups, max_length=None, values=None):
+    """The groups' items (or per-event ``values``) as a right-padded matrix.
 
     Parameters
     ----------
@@ -89,11 +94,14 @@ def pad(sequences, groups, max_length=None):
     max_length : int or ndarray of int, optional
         Keep only the first ``max_length`` items of each group (per group when
         an array).
+    values : ndarray of shape (n_events,), optional
+        Pad these, one per event of ``sequences``, instead of the items.
 
     Returns
     -------
-    items : ndarray of int64 of shape (len(groups), max(lengths))
-        Item codes, 0 after each row's end (padding is never read as data).
+    items : ndarray of shape (len(groups), max(lengths))
+        Item codes (int64), or ``values`` in their type, 0 after each row's
+        end (padding is never read as data).
     lengths : ndarray of int64 of shape (len(groups),)
     """
     groups = np.asarray(groups, dtype=np.int64)
@@ -102,12 +110,12 @@ def pad(sequences, groups, max_length=None):
         lengths = np.minimum(lengths, max_length)
     n_rows = len(groups)
     n_cols = int(lengths.max()) if n_rows else 0
-    items = np.zeros((n_rows, n_cols), dtype=np.int64)
+    source = sequences.items if values is None else values
+    items = np.zeros((n_rows, n_cols), dtype=source.dtype)
     total = int(lengths.sum())
     rows = np.repeat(np.arange(n_rows), lengths)
     cols = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    items[rows, cols] = sequences.items[np.repeat(sequences.indptr[groups],
-                                                  lengths) + cols]
+    items[rows, cols] = source[np.repeat(sequences.indptr[groups], lengths) + cols]
     return items, lengths.astype(np.int64)
 
 
@@ -122,23 +130,34 @@ class Batch:
         Right-padded item codes, rows in decreasing length.
     lengths : ndarray of int64 of shape (B,)
         Real events per row (host memory: it drives the loops).
+    event_values : dict of str to Tensor of shape (B, L)
+        Per-event arrays padded like ``items`` (see :func:`make_batches`).
     """
 
     users: torch.Tensor
     items: torch.Tensor
     lengths: np.ndarray
+    event_values: dict = field(default_factory=dict)
 
     @property
     def n_events(self):
         return int(self.lengths.sum())
 
 
-def make_batches(sequences, batch_size, device):
-    """The training batches of :func:`length_sorted_batches`, padded."""
+def make_batches(sequences, batch_size, device, event_values=None):
+    """The training batches of :func:`length_sorted_batches`, padded.
+
+    ``event_values`` (name -> array with one value per event of
+    ``sequences``) are padded alongside into each batch's ``event_values``.
+    """
     batches = []
     for groups in length_sorted_batches(sequences.lengths, batch_size):
         items, lengths = pad(sequences, groups)
+        padded = {name: torch.as_tensor(pad(sequences, groups, values=values)[0],
+                                        device=device)
+                  for name, values in (event_values or {}).items()}
         batches.append(Batch(
             users=torch.as_tensor(sequences.user_codes[groups], device=device),
-            items=torch.as_tensor(items, device=device), lengths=lengths))
+            items=torch.as_tensor(items, device=device), lengths=lengths,
+            event_values=padded))
     return batches
