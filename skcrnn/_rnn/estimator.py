@@ -22,6 +22,7 @@ from .._torch.output import Copy, log_proba, unseen_item_bias
 from .network import CollaborativeRNN
 from .recurrence import forward_states
 from .tbptt import BPTT, chunk_losses, n_chunks
+from .weights import best_low_rank, mean_low_rank
 
 #: Type of inference: double precision keeps a row's score independent of the
 #: rows it is batched with (float32 kernels round differently per batch shape).
@@ -83,9 +84,14 @@ class CollaborativeGRURecommender(TorchRecommender):
         Step size of the optimizer.
     cell : {"gru", "tanh"}, default="gru"
         The recurrent cell.
-    recurrent_weights : {"per_user", "shared"}, default="per_user"
-        One set of recurrent matrices per user (collaborative RNN) or one for
-        everybody (P-GRU).
+    recurrent_weights : {"per_user", "shared", "low_rank"}, default="per_user"
+        One set of recurrent matrices per user (collaborative RNN), one for
+        everybody (P-GRU), or shared matrices plus a low-rank term per user
+        (see ``rank`` and "Low-rank per-user weights" below).
+    rank : int or None, default=None
+        With ``recurrent_weights="low_rank"``, the rank ``r`` of each user's
+        term, in ``[1, hidden_size]``; None means ``min(4, hidden_size)``.
+        Only with ``"low_rank"``.
     candidate_activation : {"sigmoid", "tanh"}, default="sigmoid"
         Activation of the GRU's candidate state. The paper's equations print
         tanh; the authors' TensorFlow code, which produced the paper's
@@ -251,6 +257,26 @@ class CollaborativeGRURecommender(TorchRecommender):
       that training started from. Other users keep theirs; ``fit`` on all
       events recomputes everything.
 
+    **Low-rank per-user weights.** With ``recurrent_weights="low_rank"``
+    each user's recurrent matrix is, per gate block (the GRU's update,
+    reset and candidate matrices, each ``H x H``; the tanh cell's one)::
+
+        W^(u) = W + U_u V_u^T,    U_u, V_u of shape H x rank
+
+    with ``W`` shared by all users. A user costs ``2 k H r`` numbers instead
+    of the per-user model's ``k H^2`` (``k = 3`` for the GRU, 1 for tanh),
+    and a training step reads and updates only its batch's users' ``U, V``
+    (with their optimizer statistics). With ``rank = hidden_size`` the
+    family is that of ``"per_user"``. Training starts with ``U_u = 0`` and
+    ``V_u`` drawn like the other weights: every user starts at the shared
+    matrices, and the network is then that of ``"shared"`` with the same
+    seed. An unknown user is scored with the mean of the known users'
+    matrices, ``W + mean_u U_u V_u^T``; a user added by :meth:`partial_fit`
+    (also one first added by :meth:`update`) starts from the best rank-``r``
+    approximation of that mean (truncated SVD per block: ``U`` the
+    singular vectors times the values, ``V`` the orthonormal ones), which is
+    the mean itself when ``rank = hidden_size``.
+
     **Copying from the history.** Users revisit: check-ins return to the
     same places, listeners to the same songs. With ``copy_history=True``
     the next-item distribution is::
@@ -293,7 +319,8 @@ class CollaborativeGRURecommender(TorchRecommender):
         "hidden_size": [Interval(Integral, 1, None, closed="left")],
         "cell": [StrOptions({"gru", "tanh"})],
         "candidate_activation": [StrOptions({"tanh", "sigmoid"})],
-        "recurrent_weights": [StrOptions({"per_user", "shared"})],
+        "recurrent_weights": [StrOptions({"per_user", "shared", "low_rank"})],
+        "rank": [None, Interval(Integral, 1, None, closed="left")],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "max_train_chunks": [None, Interval(Integral, 1, None, closed="left")],
         "initial_state": [Interval(Real, None, None, closed="neither")],
@@ -304,7 +331,8 @@ class CollaborativeGRURecommender(TorchRecommender):
     _fitted_tensors = {"final_states_": "final_states"}
 
     def __init__(self, hidden_size=32, learning_rate=0.0075, *, cell="gru",
-                 recurrent_weights="per_user", candidate_activation="sigmoid",
+                 recurrent_weights="per_user", rank=None,
+                 candidate_activation="sigmoid",
                  optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
                  n_iter_no_change=3, refit=True, partial_epochs=1,
@@ -317,6 +345,7 @@ class CollaborativeGRURecommender(TorchRecommender):
         self.learning_rate = learning_rate
         self.cell = cell
         self.recurrent_weights = recurrent_weights
+        self.rank = rank
         self.candidate_activation = candidate_activation
         self.optimizer = optimizer
         self.rho = rho
@@ -352,17 +381,35 @@ class CollaborativeGRURecommender(TorchRecommender):
                 f"copy_decay={self.copy_decay!r} is only used with "
                 f"copy_history=True; set copy_history=True or leave copy_decay "
                 f"at 1.0.")
+        if self.rank is not None and self.recurrent_weights != "low_rank":
+            raise ValueError(
+                f"rank={self.rank!r} is only used with recurrent_weights="
+                f"'low_rank', not {self.recurrent_weights!r}; set "
+                f"recurrent_weights='low_rank' or leave rank at None.")
+        if self.rank is not None and self.rank > self.hidden_size:
+            raise ValueError(
+                f"rank={self.rank!r} is larger than hidden_size="
+                f"{self.hidden_size!r}: a rank-r term of an H x H matrix has "
+                f"r <= H (rank = hidden_size already expresses every matrix).")
         bptt = os.environ.get("SKCRNN_BPTT", "manual")
         if bptt not in BPTT:
             raise ValueError(f"The environment variable SKCRNN_BPTT is {bptt!r}; "
                              f"use one of {sorted(BPTT)}.")
         super()._check_fit_params()
 
+    def _recurrent_kind(self):
+        """The network's parameterisation of :mod:`.weights` and its rank."""
+        if self.recurrent_weights == "low_rank":
+            rank = self.rank if self.rank is not None else min(4, self.hidden_size)
+            return "low_rank", rank
+        return self.recurrent_weights, None
+
     def _new_network(self):
+        kind, rank = self._recurrent_kind()
         return CollaborativeRNN(
             self.n_users_, self.n_items_, self.hidden_size, cell=self.cell,
-            shared=self.recurrent_weights == "shared",
-            candidate=self.candidate_activation, copy_history=self.copy_history)
+            shared=kind == "shared", candidate=self.candidate_activation,
+            copy_history=self.copy_history, recurrent_kind=kind, rank=rank)
 
     @classmethod
     def _network_type(cls):
@@ -432,9 +479,17 @@ class CollaborativeGRURecommender(TorchRecommender):
 
         The bias is :func:`~skcrnn._torch.output.unseen_item_bias` at the
         initial state (where a user without history starts); other rows
-        (item inputs, users' recurrent matrices) are the mean of the known
-        ones.
+        (item inputs, users' recurrent matrices or deviations) are the mean
+        of the known ones, except low-rank factors: the best rank-``r``
+        approximation of the mean deviation (:func:`.weights.best_low_rank`).
         """
+        if name in ("low_rank_left", "low_rank_right"):
+            network = self.network_
+            mean = mean_low_rank(network.low_rank_left, network.low_rank_right,
+                                 torch.float64)
+            factors = best_low_rank(mean, network.unit.n_blocks, network.rank)
+            rows = factors[0 if name == "low_rank_left" else 1].to(known.dtype)
+            return rows.expand((n_new,) + tuple(known.shape[1:]))
         if name == "output_weight":
             return known.new_zeros((n_new,) + tuple(known.shape[1:]))
         if name == "output_bias":
@@ -477,6 +532,8 @@ class CollaborativeGRURecommender(TorchRecommender):
             raise ValueError("its tensors do not match its vocabularies")
         if self.network_.copy_history != bool(self.copy_history):
             raise ValueError("its network does not match copy_history")
+        if (self.network_.recurrent_kind, self.network_.rank) != self._recurrent_kind():
+            raise ValueError("its network does not match recurrent_weights and rank")
 
     def _fitted_state(self):
         state = super()._fitted_state()

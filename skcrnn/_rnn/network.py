@@ -9,6 +9,9 @@ the parameters are
 ``recurrent`` (n_users, H, k*H), or (1, H, k*H) when shared
     the recurrent matrices: one set per user (C-GRU, C-tanh, the
     collaborative parameterisation) or one set for everybody (P-GRU);
+    with ``recurrent_kind="deviation"`` or ``"low_rank"`` the shared set,
+    to which each user adds a dense or low-rank deviation (``deviation``,
+    or ``low_rank_left`` and ``low_rank_right``; see :mod:`.weights`);
 ``output_weight`` (n_items, H) and ``output_bias`` (n_items,)
     the shared output layer: ``logits = h @ output_weight.T + output_bias``;
 ``gate_weight`` (H + 1,) and ``gate_bias`` (1,), with ``copy_history``
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from .cells import make_cell
+from .weights import make_weights
 
 
 class CollaborativeRNN(nn.Module):
@@ -44,6 +48,11 @@ class CollaborativeRNN(nn.Module):
         Add the copy gate's parameters.
     dtype : torch.dtype, default=torch.float32
         Type of the parameters.
+    recurrent_kind : {"per_user", "shared", "deviation", "low_rank"}, optional
+        How the recurrent matrices are parameterised (:mod:`.weights`); by
+        default ``"shared"`` if ``shared`` else ``"per_user"``.
+    rank : int, optional
+        The rank of ``"low_rank"`` deviations (only with it).
 
     Attributes
     ----------
@@ -59,15 +68,26 @@ class CollaborativeRNN(nn.Module):
     """
 
     def __init__(self, n_users, n_items, hidden_size, cell="gru", shared=False,
-                 candidate="tanh", copy_history=False, dtype=torch.float32):
+                 candidate="tanh", copy_history=False, dtype=torch.float32,
+                 recurrent_kind=None, rank=None):
         super().__init__()
         self.unit = make_cell(cell, candidate)
         self.cell = cell
         self.candidate = candidate
-        self.shared = bool(shared)
+        if recurrent_kind is None:
+            recurrent_kind = "shared" if shared else "per_user"
+        elif bool(shared) != (recurrent_kind == "shared"):
+            raise ValueError(f"shared={shared!r} contradicts "
+                             f"recurrent_kind={recurrent_kind!r}.")
         self.hidden_size = int(hidden_size)
+        self.weights = make_weights(recurrent_kind, self.unit.n_blocks,
+                                    self.hidden_size, rank)
+        self.recurrent_kind = recurrent_kind
+        self.rank = self.weights.rank
+        #: one set of matrices for everybody, no per-user part (P-GRU)
+        self.shared = recurrent_kind == "shared"
         width = self.unit.n_blocks * self.hidden_size
-        n_sets = 1 if self.shared else n_users
+        n_sets = self.weights.recurrent_sets(n_users)
         self.item_input = nn.Parameter(torch.empty(n_items, width, dtype=dtype))
         self.recurrent = nn.Parameter(
             torch.empty(n_sets, self.hidden_size, width, dtype=dtype))
@@ -79,25 +99,37 @@ class CollaborativeRNN(nn.Module):
             self.gate_weight = nn.Parameter(
                 torch.empty(self.hidden_size + 1, dtype=dtype))
             self.gate_bias = nn.Parameter(torch.empty(1, dtype=dtype))
+        for name, shape in self.weights.extra_shapes(n_users).items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, dtype=dtype)))
         self.row_indexed = {"item_input": "item", "output_weight": "item",
-                            "output_bias": "item"}
-        if not self.shared:
-            self.row_indexed["recurrent"] = "user"
+                            "output_bias": "item", **self.weights.row_indexed()}
 
     @property
     def config(self):
         """Constructor arguments that rebuild the same architecture."""
-        return {"n_users": self.recurrent.shape[0], "n_items": self.item_input.shape[0],
-                "hidden_size": self.hidden_size, "cell": self.cell,
-                "shared": self.shared, "candidate": self.candidate,
-                "copy_history": self.copy_history}
+        config = {"n_users": self.weights.n_users(self),
+                  "n_items": self.item_input.shape[0],
+                  "hidden_size": self.hidden_size, "cell": self.cell,
+                  "shared": self.shared, "candidate": self.candidate,
+                  "copy_history": self.copy_history}
+        if self.recurrent_kind not in ("per_user", "shared"):
+            # only where needed: files of the paper's networks keep their keys
+            config.update(recurrent_kind=self.recurrent_kind, rank=self.rank)
+        return config
+
+    @property
+    def n_users(self):
+        """Users with their own recurrent parameters (1 with shared weights)."""
+        return self.weights.n_users(self)
 
     def reset_parameters(self, generator=None):
         """Weights from N(0, 1/sqrt(H)) (standard deviation), zero output bias.
 
         The copy gate starts at zero (an even mix wherever there is a past),
         without drawing numbers: the other weights are those of the same
-        seed without it.
+        seed without it. With a deviation from shared matrices, every user
+        starts at the shared matrices, drawn as those of ``"shared"`` with
+        the same seed (see :meth:`.weights.LowRank.reset`).
 
         The numbers are drawn on the CPU with ``generator`` and then copied to
         the parameters' device, so that a seed gives the same start anywhere.
@@ -109,6 +141,7 @@ class CollaborativeRNN(nn.Module):
                                    dtype=weight.dtype)
                 weight.copy_(draw * std)
             self.output_bias.zero_()
+            self.weights.reset(self, generator, std)
             if self.copy_history:
                 self.gate_weight.zero_()
                 self.gate_bias.zero_()
@@ -152,14 +185,4 @@ class CollaborativeRNN(nn.Module):
         -------
         Tensor of shape (B, H, k*H), or (H, k*H) with shared weights
         """
-        if self.shared:
-            weights = self.recurrent[0]
-            return weights if dtype is None else weights.to(dtype)
-        unknown = (users < 0) | (users >= self.recurrent.shape[0])
-        weights = self.recurrent.index_select(0, torch.where(unknown, 0, users))
-        if dtype is not None:
-            weights = weights.to(dtype)
-        if bool(unknown.any()):
-            mean = self.recurrent.mean(dim=0, dtype=weights.dtype)
-            weights = torch.where(unknown[:, None, None], mean, weights)
-        return weights
+        return self.weights.for_users(self, users, dtype)

@@ -159,7 +159,8 @@ def forward_states(network, sequences, start_states, prefixes, dtype=torch.float
     """Hidden states after the requested prefixes of each group's items.
 
     Group ``g`` starts from ``start_states[g]`` with the recurrent matrices of
-    user ``sequences.user_codes[g]`` (the mean matrices for ``-1``) and reads
+    user ``sequences.user_codes[g]`` (the mean matrices for ``-1``; see
+    :meth:`.network.CollaborativeRNN.recurrent_for`) and reads
     its items one step at a time. All groups run together, longest first: the
     loop is over time steps only, and groups drop out of the batch once their
     last requested prefix is reached.
@@ -196,8 +197,8 @@ def forward_states(network, sequences, start_states, prefixes, dtype=torch.float
     np.maximum.at(run_length, groups, steps)
     needed = np.flatnonzero(run_length >= 0)
     needed = needed[np.argsort(-run_length[needed], kind="stable")]
-    max_rows = (len(needed) if network.shared
-                else max(1, _WEIGHT_ELEMENTS // network.recurrent[0].numel()))
+    max_rows = (len(needed) if network.shared else
+                max(1, _WEIGHT_ELEMENTS // network.weights.elements_per_user(network)))
     row_of_group = np.empty(sequences.n_groups, dtype=np.int64)
     for begin in range(0, len(needed), max_rows):
         batch = needed[begin:begin + max_rows]

@@ -45,7 +45,8 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
     by the next one. The state carried from one chunk to the next is
     detached. With per-user weights, a step's ``touched["recurrent"]`` holds
     its users and the leaf copy of their matrices that receives their
-    gradient.
+    gradient (``touched["deviation"]``, or ``touched["low_rank_left"]`` and
+    ``touched["low_rank_right"]``, for the deviations of :mod:`.weights`).
 
     Parameters
     ----------
@@ -74,10 +75,8 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
         items = batch.items[:active, start:stop]
         real = _real_slots(batch.lengths[:active] - start, stop - start, device)
         rows = Rows()
-        if network.shared:
-            weights = network.recurrent[0]
-        else:
-            weights = rows.read("recurrent", network.recurrent, batch.users[:active])
+        weights, deviation = network.weights.for_step(network, batch.users[:active],
+                                                      rows)
         # the last step of the last chunk would only feed a carry nobody reads
         n_steps = stop - start if stop < n_columns else stop - start - 1
         # F.embedding, not item_input[items]: the backward of advanced indexing
