@@ -161,3 +161,77 @@ def make_batches(sequences, batch_size, device, event_values=None):
             items=torch.as_tensor(items, device=device), lengths=lengths,
             event_values=padded))
     return batches
+
+
+def window_spans(first, stop, width, lower=0):
+    """Windows of at most ``width`` positions that cover ``[first, stop)`` of each group.
+
+    The windows of group ``g`` are cut from its end: they end at ``stop[g]``,
+    ``stop[g] - width``, ``stop[g] - 2 * width``, ... and each starts
+    ``width`` positions before its end, or at ``lower[g]``, whichever is
+    later; only the windows that end after ``first[g]`` are kept. So every
+    position of ``[first, stop)`` is in exactly one window, the latest
+    positions (a user's most recent events) in full windows, and a window
+    may start before ``first`` (positions that are context, not trained).
+
+    Parameters
+    ----------
+    first, stop : ndarray of int
+        Per group, with ``lower <= first <= stop``.
+    width : int
+        The longest window.
+    lower : int or ndarray of int, default=0
+        The first position a window may hold, per group.
+
+    Returns
+    -------
+    groups, begin, end : ndarray of int64
+        One entry per window, groups in increasing order and, inside a
+        group, windows from the last to the first: window ``j`` holds
+        positions ``begin[j] <= p < end[j]`` of group ``groups[j]``.
+    """
+    first = np.asarray(first, dtype=np.int64)
+    stop = np.asarray(stop, dtype=np.int64)
+    lower = np.broadcast_to(np.asarray(lower, dtype=np.int64), stop.shape)
+    counts = -(-np.maximum(stop - first, 0) // width)
+    groups = np.repeat(np.arange(len(stop)), counts)
+    back = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    end = stop[groups] - back * width
+    begin = np.maximum(end - width, lower[groups])
+    return groups, begin, end
+
+
+def gather_windows(sequences, groups, begin, end, offset=0, fill=-1):
+    """The items of windows of groups as a right-padded matrix.
+
+    Row ``j`` holds the items at positions ``begin[j] + offset + c`` of
+    group ``groups[j]`` for ``c < end[j] - begin[j]``; positions before the
+    group's first item, and the padding after the row's end, hold ``fill``.
+
+    Parameters
+    ----------
+    sequences : Sequences
+    groups, begin, end : ndarray of int
+        One window per row, as :func:`window_spans` gives them, with
+        ``begin[j] + offset < end[j] + offset <= length``.
+    offset : int, default=0
+        Shift of every position (``-1``: each window's items one position
+        earlier, the inputs that predict the items of the window).
+    fill : int, default=-1
+
+    Returns
+    -------
+    ndarray of int64 of shape (len(groups), max(end - begin))
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    lengths = np.asarray(end, dtype=np.int64) - np.asarray(begin, dtype=np.int64)
+    n_cols = int(lengths.max()) if len(lengths) else 0
+    matrix = np.full((len(groups), n_cols), fill, dtype=np.int64)
+    rows = np.repeat(np.arange(len(groups)), lengths)
+    cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths,
+                                                      lengths)
+    positions = np.repeat(np.asarray(begin, dtype=np.int64) + offset, lengths) + cols
+    real = positions >= 0
+    matrix[rows[real], cols[real]] = sequences.items[
+        sequences.indptr[groups][rows[real]] + positions[real]]
+    return matrix

@@ -24,11 +24,13 @@ A model is a subclass that supplies its network and its batches:
     a ``config`` dict that rebuilds it (``_network_type(**config)``) and
     ``row_indexed`` (see :mod:`.optim`);
 ``_training_plan(network, sequences, n_train, device, continuation=False)``
-    the training batches of each user's first ``n_train`` events, the
-    callable that yields a batch's :class:`~.loop.Step` s, and the number of
-    steps per epoch; with ``continuation``, the sequences continue the
-    users' histories (``partial_fit``) and each user's training starts
-    where its history left off;
+    the training batches of each user's first ``n_train`` events (a list,
+    or a callable that draws each epoch's batches: see
+    :func:`~.loop.train`), the callable that yields a batch's
+    :class:`~.loop.Step` s, and the number of steps per epoch; with
+    ``continuation``, the sequences continue the users' histories
+    (``partial_fit``) and each user's training starts where its history
+    left off;
 ``_validation(network, sequences, n_train)``
     a callable that returns the validation loss of the network's current
     weights on the events after the first ``n_train`` of each user;
@@ -330,7 +332,7 @@ class TorchRecommender(BaseRecommender):
         optimizer_state : dict or None
         """
         old = self.network_
-        network = self._new_network().to(old.item_input.device)
+        network = self._new_network().to(next(old.parameters()).device)
         with torch.no_grad():
             for name, parameter in network.named_parameters():
                 known = old.get_parameter(name)

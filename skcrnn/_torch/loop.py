@@ -91,8 +91,14 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
     ----------
     module : torch.nn.Module
     optimizer : Optimizer
-    batches : list
-        The training batches; each epoch visits them in a new order.
+    batches : list or callable
+        The training batches; each epoch visits them in a new order. Or a
+        callable ``batches(rng)`` that returns each epoch's batches, in the
+        order to visit them, drawn with ``rng`` (a model that regroups its
+        training rows into new batches at every epoch, or draws per-batch
+        seeds, such as dropout's); drawn from the loop's generator, they are
+        resumed exactly from a checkpoint. Either way each batch has an
+        ``n_events`` attribute, the events its steps train on.
     steps : callable
         ``steps(batch)`` yields the batch's :class:`Step` s, lazily: a step
         is taken before the next one is computed.
@@ -143,15 +149,20 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
         progress = _resume(checkpoint, module, optimizer, rng)
         if progress.epoch and verbose:
             tqdm.write(f"resuming from {checkpoint} after epoch {progress.epoch}")
-    n_events = sum(batch.n_events for batch in batches)
+    if not callable(batches):
+        n_events = sum(batch.n_events for batch in batches)
     while progress.epoch < max_epochs and not progress.stopped:
         epoch = progress.epoch + 1
         started = time.perf_counter()
         with tqdm(total=n_steps, desc=f"epoch {epoch}", disable=not verbose,
                   leave=False, unit="step") as bar:
-            order = rng.permutation(len(batches))
-            total_nll = _train_epoch(module, optimizer,
-                                     [batches[i] for i in order], steps, bar)
+            if callable(batches):
+                epoch_batches = batches(rng)
+                n_events = sum(batch.n_events for batch in epoch_batches)
+            else:
+                order = rng.permutation(len(batches))
+                epoch_batches = [batches[i] for i in order]
+            total_nll = _train_epoch(module, optimizer, epoch_batches, steps, bar)
         train_seconds = time.perf_counter() - started
         train_loss = total_nll / max(n_events, 1)
         _check_divergence(module, train_loss, epoch, max_loss)
