@@ -22,6 +22,7 @@ _LAZY = {
     "HMMRecommender": "._hmm",
     "MatrixFactorizationRecommender": "._mf",
     "CollaborativeGRURecommender": "._rnn",
+    "SelfAttentionRecommender": "._attention",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
