@@ -14,6 +14,7 @@ within 0.1 nats of A, at most a fifth of A's time.
     python benchmarks/rolling_window.py generated
     python benchmarks/rolling_window.py foursquare --model bigram
     python benchmarks/rolling_window.py foursquare --partial-epochs 10
+    python benchmarks/rolling_window.py foursquare --copy-decay 0.97
 """
 
 import argparse
@@ -52,10 +53,12 @@ def time_slices(events, n_slices):
 def model_for(name, args):
     if name == "bigram":
         return BigramRecommender(alpha=100)
+    copy = {} if args.copy_decay is None else dict(copy_history=True,
+                                                   copy_decay=args.copy_decay)
     return CollaborativeGRURecommender(**PAPER_BRIGHTKITE, max_epochs=args.max_epochs,
                                        partial_epochs=args.partial_epochs,
                                        device="cpu", n_jobs=args.threads,
-                                       random_state=args.seed)
+                                       random_state=args.seed, **copy)
 
 
 def error(model, events):
@@ -73,6 +76,9 @@ def main():
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--partial-epochs", type=int, default=1,
                         help="the recurrent model's passes over each new slice")
+    parser.add_argument("--copy-decay", type=float, default=None,
+                        help="the recurrent model with copy_history=True and "
+                             "this copy_decay")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
