@@ -329,7 +329,7 @@ def test_a_file_whose_network_does_not_match_rank_is_refused(old_events, tmp_pat
     _persistence.write(tmp_path / "bad.pt", record["estimator"], {
         key: value for key, value in record.items()
         if key not in ("format", "format_version", "estimator", "checksum")})
-    with pytest.raises(ValueError, match="recurrent_weights and rank"):
+    with pytest.raises(ValueError, match="recurrent_weights, rank"):
         CollaborativeGRURecommender.load(tmp_path / "bad.pt")
 
 

@@ -18,6 +18,7 @@ from .._decayed_counts import PastWeights, scaled_rows, total_weight
 from .._sparse import dense_rows, lookup
 from .._torch.batching import make_batches, window, window_mask
 from .._torch.estimator import TorchRecommender
+from .._torch.runtime import draw_seeds
 from .._torch.output import Copy, log_proba, unseen_item_bias
 from .network import CollaborativeRNN
 from .recurrence import forward_states
@@ -92,6 +93,15 @@ class CollaborativeGRURecommender(TorchRecommender):
         With ``recurrent_weights="low_rank"``, the rank ``r`` of each user's
         term, in ``[1, hidden_size]``; None means ``min(4, hidden_size)``.
         Only with ``"low_rank"``.
+    deviation_penalty : float, default=0.0
+        Shrinks each user's recurrent matrices toward matrices shared by all
+        users (see "Regularised collaborative weights" below), ``>= 0`` and
+        finite. ``0`` is the unpenalised model. Only with
+        ``recurrent_weights="per_user"`` or ``"low_rank"``.
+    dropout : float, default=0.0
+        Dropout rate in ``[0, 1)`` on the item input terms and on the states
+        that feed the output layer, in training only (scoring uses every
+        weight, exactly and deterministically). ``0`` is no dropout.
     candidate_activation : {"sigmoid", "tanh"}, default="sigmoid"
         Activation of the GRU's candidate state. The paper's equations print
         tanh; the authors' TensorFlow code, which produced the paper's
@@ -277,6 +287,30 @@ class CollaborativeGRURecommender(TorchRecommender):
     singular vectors times the values, ``V`` the orthonormal ones), which is
     the mean itself when ``rank = hidden_size``.
 
+    **Regularised collaborative weights.** With ``deviation_penalty =
+    lambda > 0``, each user's recurrent matrices are written as shared
+    matrices plus the user's deviation, ``W^(u) = W + D_u`` (a dense ``D_u``
+    with ``recurrent_weights="per_user"``, ``D_u = U_u V_u^T`` per block with
+    ``"low_rank"``), and training minimises::
+
+        sum over training events of -log P(item | history)
+            + lambda * sum_u ||D_u||^2        (squared Frobenius norm, all gates)
+
+    per pass over the events: each step adds the penalty of its users, each
+    user's spread over its chunks in proportion to their events, and
+    divides it by the step's ``rows x chunk_size`` slots like the
+    cross-entropy. It is a Gaussian prior, of variance ``1 / (2 lambda)``,
+    on the deviations: users with few events stay close to the shared
+    dynamics, users with many can leave them. ``lambda = 0`` is the
+    collaborative model: ``"per_user"`` then keeps the paper's
+    parameterisation (one free set per user, initialised independently),
+    so that the default model and its figures are exactly the paper's; with
+    ``lambda > 0`` the dense deviations start at zero (every user at the
+    shared matrices). As ``lambda`` grows the deviations vanish and the
+    model becomes P-GRU (``recurrent_weights="shared"``). The deviations are
+    read and updated lazily, like per-user matrices; the shared matrices
+    every step. An unknown user gets the mean matrices, ``W + mean_u D_u``.
+
     **Copying from the history.** Users revisit: check-ins return to the
     same places, listeners to the same songs. With ``copy_history=True``
     the next-item distribution is::
@@ -321,6 +355,8 @@ class CollaborativeGRURecommender(TorchRecommender):
         "candidate_activation": [StrOptions({"tanh", "sigmoid"})],
         "recurrent_weights": [StrOptions({"per_user", "shared", "low_rank"})],
         "rank": [None, Interval(Integral, 1, None, closed="left")],
+        "deviation_penalty": [Interval(Real, 0, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "max_train_chunks": [None, Interval(Integral, 1, None, closed="left")],
         "initial_state": [Interval(Real, None, None, closed="neither")],
@@ -331,8 +367,8 @@ class CollaborativeGRURecommender(TorchRecommender):
     _fitted_tensors = {"final_states_": "final_states"}
 
     def __init__(self, hidden_size=32, learning_rate=0.0075, *, cell="gru",
-                 recurrent_weights="per_user", rank=None,
-                 candidate_activation="sigmoid",
+                 recurrent_weights="per_user", rank=None, deviation_penalty=0.0,
+                 dropout=0.0, candidate_activation="sigmoid",
                  optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
                  n_iter_no_change=3, refit=True, partial_epochs=1,
@@ -346,6 +382,8 @@ class CollaborativeGRURecommender(TorchRecommender):
         self.cell = cell
         self.recurrent_weights = recurrent_weights
         self.rank = rank
+        self.deviation_penalty = deviation_penalty
+        self.dropout = dropout
         self.candidate_activation = candidate_activation
         self.optimizer = optimizer
         self.rho = rho
@@ -391,6 +429,12 @@ class CollaborativeGRURecommender(TorchRecommender):
                 f"rank={self.rank!r} is larger than hidden_size="
                 f"{self.hidden_size!r}: a rank-r term of an H x H matrix has "
                 f"r <= H (rank = hidden_size already expresses every matrix).")
+        if self.deviation_penalty > 0 and self.recurrent_weights == "shared":
+            raise ValueError(
+                f"deviation_penalty={self.deviation_penalty!r} penalises each "
+                f"user's deviation from the shared recurrent matrices, but "
+                f"recurrent_weights='shared' has no per-user deviation; use "
+                f"'per_user' or 'low_rank', or leave deviation_penalty at 0.")
         bptt = os.environ.get("SKCRNN_BPTT", "manual")
         if bptt not in BPTT:
             raise ValueError(f"The environment variable SKCRNN_BPTT is {bptt!r}; "
@@ -398,10 +442,16 @@ class CollaborativeGRURecommender(TorchRecommender):
         super()._check_fit_params()
 
     def _recurrent_kind(self):
-        """The network's parameterisation of :mod:`.weights` and its rank."""
+        """The network's parameterisation of :mod:`.weights` and its rank.
+
+        ``"per_user"`` with a penalty is the shared matrices plus a dense
+        deviation (``"deviation"``); without, the paper's parameterisation.
+        """
         if self.recurrent_weights == "low_rank":
             rank = self.rank if self.rank is not None else min(4, self.hidden_size)
             return "low_rank", rank
+        if self.recurrent_weights == "per_user" and self.deviation_penalty > 0:
+            return "deviation", None
         return self.recurrent_weights, None
 
     def _new_network(self):
@@ -434,10 +484,42 @@ class CollaborativeGRURecommender(TorchRecommender):
         batches = make_batches(window(sequences, first, n_train), self.batch_size,
                                device, event_values=event_values)
         bptt = os.environ.get("SKCRNN_BPTT", "manual")
+        options = {"bptt": bptt, "deviation_penalty": float(self.deviation_penalty),
+                   "dropout": float(self.dropout)}
+        noise = self._noise_seeds() if self.dropout > 0 else None
 
         def steps(batch):
-            return chunk_losses(network, batch, self.chunk_size, start, bptt=bptt)
+            generator = None
+            if noise is not None:
+                generator = torch.Generator(device=batch.items.device)
+                generator.manual_seed(int(noise.integers(2 ** 63)))
+            return chunk_losses(network, batch, self.chunk_size, start,
+                                generator=generator, **options)
         return batches, steps, n_chunks(batches, self.chunk_size)
+
+    def _run_epochs(self, network, sequences, n_train, max_epochs, rng, device,
+                    **options):
+        """:meth:`TorchRecommender._run_epochs`, drawing each batch's noise from ``rng``.
+
+        With dropout, each batch's generator (its masks) is seeded by a
+        number drawn from ``rng``, the batch order's generator, when the
+        batch starts: an int ``random_state`` makes training reproducible,
+        and a checkpoint, which records ``rng`` after each epoch, resumes
+        the same masks. Without noise, nothing more is drawn from ``rng``.
+        """
+        self._noise_rng = rng
+        try:
+            return super()._run_epochs(network, sequences, n_train, max_epochs, rng,
+                                       device, **options)
+        finally:
+            del self._noise_rng
+
+    def _noise_seeds(self):
+        """The generator that seeds each batch's noise (see :meth:`_run_epochs`)."""
+        rng = getattr(self, "_noise_rng", None)
+        if rng is None:  # a plan made outside _run_epochs
+            rng = np.random.default_rng(draw_seeds(self.random_state)[1])
+        return rng
 
     def _continuation_starts(self, network, sequences, first):
         """Each continuing user's state before its first trained event, by user code.
@@ -533,7 +615,28 @@ class CollaborativeGRURecommender(TorchRecommender):
         if self.network_.copy_history != bool(self.copy_history):
             raise ValueError("its network does not match copy_history")
         if (self.network_.recurrent_kind, self.network_.rank) != self._recurrent_kind():
-            raise ValueError("its network does not match recurrent_weights and rank")
+            raise ValueError("its network does not match recurrent_weights, rank "
+                             "and deviation_penalty")
+
+    def _learn_events(self, continuation, previous_history):
+        """``partial_fit`` on a fitted model: refuse parameters the network was not built with."""
+        fitted = self.network_
+        kind, rank = self._recurrent_kind()
+        changed = [name for name, differs in (
+            ("hidden_size", fitted.hidden_size != self.hidden_size),
+            ("cell", fitted.cell != self.cell),
+            ("candidate_activation", self.cell == "gru"
+             and fitted.candidate != self.candidate_activation),
+            ("copy_history", fitted.copy_history != bool(self.copy_history)),
+            ("recurrent_weights, rank or deviation_penalty",
+             (fitted.recurrent_kind, fitted.rank) != (kind, rank))) if differs]
+        if changed:
+            raise ValueError(
+                f"partial_fit cannot continue: {', '.join(changed)} changed since the "
+                f"model was fitted (its network is {fitted.recurrent_kind!r} recurrent "
+                f"weights{'' if fitted.rank is None else f' of rank {fitted.rank}'}, "
+                f"hidden size {fitted.hidden_size}); set them back, or call fit.")
+        super()._learn_events(continuation, previous_history)
 
     def _fitted_state(self):
         state = super()._fitted_state()

@@ -76,7 +76,7 @@ class CollaborativeRNN(nn.Module):
         self.candidate = candidate
         if recurrent_kind is None:
             recurrent_kind = "shared" if shared else "per_user"
-        elif bool(shared) != (recurrent_kind == "shared"):
+        elif shared and recurrent_kind != "shared":
             raise ValueError(f"shared={shared!r} contradicts "
                              f"recurrent_kind={recurrent_kind!r}.")
         self.hidden_size = int(hidden_size)

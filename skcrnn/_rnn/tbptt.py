@@ -37,7 +37,8 @@ from .recurrence import autograd_states, chunk_states
 BPTT = {"manual": chunk_states, "autograd": autograd_states}
 
 
-def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
+def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
+                 deviation_penalty=0.0, dropout=0.0, generator=None):
     """Yield a :class:`~skcrnn._torch.loop.Step` for each chunk of a batch, in time order.
 
     The generator is lazy: it reads the users' recurrent matrices when the
@@ -59,6 +60,23 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
         (``partial_fit``: where the user's history left off).
     bptt : {"manual", "autograd"}, default="manual"
         See :data:`BPTT`; both compute the same numbers.
+    deviation_penalty : float, default=0.0
+        ``lambda``: each step's loss adds ``lambda * sum_u s_u ||D_u||^2``
+        (over the step's rows), in the same units as the summed
+        cross-entropy and divided like it, where ``D_u`` is the user's
+        deviation from the shared recurrent matrices (:mod:`.weights`; all
+        gate blocks, squared Frobenius norm) and ``s_u`` the share of the
+        user's events of the batch that the chunk holds: over the chunks of
+        a batch, each user's penalty sums to ``lambda ||D_u||^2``, so the
+        objective of a pass over the events is their summed cross-entropy
+        plus ``lambda sum_u ||D_u||^2`` (a Gaussian prior on the deviations).
+        Only for networks with deviations.
+    dropout : float, default=0.0
+        Rate of (inverted) dropout on the chunk's input terms and on the
+        states that feed the output layer; the recurrent connection and
+        the carried state are not dropped.
+    generator : torch.Generator, optional
+        Draws the dropout masks (on the batch's device).
 
     With the network's copy gate, ``batch.event_values`` holds each event's
     ``log_copy`` (log-probability of its item under the user's past items)
@@ -66,6 +84,11 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
     """
     run = BPTT[bptt]
     device = batch.items.device
+    if deviation_penalty and not network.weights.has_deviation:
+        raise ValueError(f"deviation_penalty={deviation_penalty!r} needs deviations "
+                         f"from shared matrices; the network's recurrent weights "
+                         f"are {network.recurrent_kind!r}.")
+    n_slots = len(batch.lengths) * chunk_size
     hidden = _first_states(network, batch, initial_state)
     n_columns = batch.items.shape[1]
     descending = -batch.lengths
@@ -81,10 +104,11 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
         n_steps = stop - start if stop < n_columns else stop - start - 1
         # F.embedding, not item_input[items]: the backward of advanced indexing
         # made 2-thread CPU trainings differ from run to run (same seed)
-        inputs = F.embedding(items, network.item_input)
+        inputs = _dropped(F.embedding(items, network.item_input), dropout, generator)
         states, hidden = run(hidden[:active].detach(), inputs, weights, network.unit,
                              n_steps)
-        states = states.flatten(0, 1).index_select(0, real)
+        states = _dropped(states.flatten(0, 1).index_select(0, real), dropout,
+                          generator)
         targets = items.flatten().index_select(0, real)
         copy = None
         if network.copy_history:
@@ -94,8 +118,22 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual"):
                         past["log_copy"])
         nll = summed_cross_entropy(states, network.output_weight,
                                    network.output_bias, targets, copy=copy)
-        loss = nll / (len(batch.lengths) * chunk_size)
-        yield Step(loss, nll.detach(), len(real), rows.touched)
+        objective = nll
+        if deviation_penalty:
+            share = torch.as_tensor(
+                np.clip(batch.lengths[:active] - start, 0, stop - start)
+                / batch.lengths[:active], dtype=deviation.dtype, device=device)
+            objective = nll + deviation_penalty * (
+                share * deviation.square().sum(dim=(1, 2))).sum()
+        yield Step(objective / n_slots, nll.detach(), len(real), rows.touched)
+
+
+def _dropped(values, rate, generator):
+    """Inverted dropout: each value zeroed with probability ``rate``, the others scaled."""
+    if not rate:
+        return values
+    keep = torch.empty_like(values).bernoulli_(1.0 - rate, generator=generator)
+    return values * keep * (1.0 / (1.0 - rate))
 
 
 def _first_states(network, batch, initial_state):
