@@ -5,8 +5,8 @@ New estimators are added here so that the contract suite covers them.
 
 from skcrnn import (BigramRecommender, CollaborativeGRURecommender,
                     HMMRecommender, MatrixFactorizationRecommender,
-                    PersonalUnigramRecommender, UniformRecommender,
-                    UnigramRecommender)
+                    PersonalUnigramRecommender, SelfAttentionRecommender,
+                    UniformRecommender, UnigramRecommender)
 
 ALL_ESTIMATORS = [
     UniformRecommender(),
@@ -33,6 +33,11 @@ ALL_ESTIMATORS = [
     MatrixFactorizationRecommender(n_factors=4, algorithm="bpr", n_iterations=5,
                                    random_state=0),
     HMMRecommender(n_states=3, n_iter=5, random_state=0),
+    SelfAttentionRecommender(hidden_size=4, max_history=4, max_epochs=2, batch_size=4,
+                             random_state=0),
+    SelfAttentionRecommender(hidden_size=4, n_heads=2, max_history=3,
+                             user_embedding=True, max_epochs=2, batch_size=4,
+                             random_state=0),
 ]
 
 #: Estimators that depend on who the user is (its training history) but not on
@@ -41,7 +46,8 @@ STATIC_PERSONALIZED = (MatrixFactorizationRecommender,)
 
 #: Estimators whose predictions depend on the user's history.
 SEQUENTIAL = (PersonalUnigramRecommender, BigramRecommender,
-              CollaborativeGRURecommender, HMMRecommender) + STATIC_PERSONALIZED
+              CollaborativeGRURecommender, HMMRecommender,
+              SelfAttentionRecommender) + STATIC_PERSONALIZED
 
 
 def ids(estimator):
