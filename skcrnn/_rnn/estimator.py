@@ -7,6 +7,7 @@ scoring, saving and loading is :class:`~skcrnn._torch.TorchRecommender`'s.
 
 import os
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,8 +19,7 @@ from .._decayed_counts import PastWeights, scaled_rows, total_weight
 from .._sparse import dense_rows, lookup
 from .._torch.batching import make_batches, window, window_mask
 from .._torch.estimator import TorchRecommender
-from .._torch.runtime import draw_seeds
-from .._torch.output import Copy, log_proba, unseen_item_bias
+from .._torch.output import Copy, UnigramProposal, log_proba, unseen_item_bias
 from .network import CollaborativeRNN
 from .recurrence import forward_states
 from .tbptt import BPTT, chunk_losses, n_chunks
@@ -102,6 +102,21 @@ class CollaborativeGRURecommender(TorchRecommender):
         Dropout rate in ``[0, 1)`` on the item input terms and on the states
         that feed the output layer, in training only (scoring uses every
         weight, exactly and deterministically). ``0`` is no dropout.
+    loss : {"full", "sampled"}, default="full"
+        The training loss: the cross-entropy of the full softmax over the
+        catalogue, or a sampled softmax against ``n_negatives`` negatives
+        per step (see "Sampled softmax" below). Scoring always uses the full
+        softmax, exactly.
+    n_negatives : int or None, default=None
+        With ``loss="sampled"``, the negatives each training step draws
+        (with replacement), fewer than the items; None means 128, or one
+        fewer than the items of a smaller catalogue (one item: no negative
+        to draw, the full softmax, whose loss is then zero). Only with
+        ``"sampled"``.
+    negative_power : float, default=0.75
+        With ``loss="sampled"``, the power ``alpha >= 0`` of the proposal
+        ``Q(j) ~ count_j ** alpha`` over the items (0: uniform, 1: the
+        unigram; 0.75 as word2vec). Only with ``"sampled"``.
     candidate_activation : {"sigmoid", "tanh"}, default="sigmoid"
         Activation of the GRU's candidate state. The paper's equations print
         tanh; the authors' TensorFlow code, which produced the paper's
@@ -311,6 +326,30 @@ class CollaborativeGRURecommender(TorchRecommender):
     read and updated lazily, like per-user matrices; the shared matrices
     every step. An unknown user gets the mean matrices, ``W + mean_u D_u``.
 
+    **Sampled softmax.** With ``loss="sampled"`` each training step draws
+    ``S = n_negatives`` items, with replacement, from ``Q(j) ~ c_j **
+    negative_power`` (``c_j``: item ``j``'s events among those ``fit``
+    trains on; in :meth:`partial_fit`, among every event of the histories),
+    shared by the step's events, and an event with target ``y`` and state
+    ``h`` costs::
+
+        -log [ exp(o'_y) / (exp(o'_y) + sum_{s: j_s != y} exp(o'_{j_s})) ],
+        o'_j = w_j . h + b_j - log(S Q(j))
+
+    where ``w_j, b_j`` are item ``j``'s output weights and bias: a softmax
+    over the target and the negatives, each logit corrected by the log of
+    its expected count among the draws (the ``log Q`` correction), a
+    negative equal to the target (an accidental hit) left out. A step
+    costs ``O(events x S x H)`` instead of ``O(events x V x H)``, and reads
+    and updates (lazily, statistics included) only the input rows of its
+    items and the output rows of its targets and negatives. The draws come
+    from a generator seeded per batch from ``random_state``, so that an int
+    makes training reproducible (and checkpoints resume it exactly).
+    ``history_``'s ``train_loss`` is then the sampled loss; validation,
+    early stopping and all scoring use the full softmax. The copy gate
+    (``copy_history``), whose mixture needs the full softmax's probability
+    of the target, cannot be trained this way.
+
     **Copying from the history.** Users revisit: check-ins return to the
     same places, listeners to the same songs. With ``copy_history=True``
     the next-item distribution is::
@@ -357,6 +396,9 @@ class CollaborativeGRURecommender(TorchRecommender):
         "rank": [None, Interval(Integral, 1, None, closed="left")],
         "deviation_penalty": [Interval(Real, 0, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "loss": [StrOptions({"full", "sampled"})],
+        "n_negatives": [None, Interval(Integral, 1, None, closed="left")],
+        "negative_power": [Interval(Real, 0, None, closed="left")],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "max_train_chunks": [None, Interval(Integral, 1, None, closed="left")],
         "initial_state": [Interval(Real, None, None, closed="neither")],
@@ -368,7 +410,8 @@ class CollaborativeGRURecommender(TorchRecommender):
 
     def __init__(self, hidden_size=32, learning_rate=0.0075, *, cell="gru",
                  recurrent_weights="per_user", rank=None, deviation_penalty=0.0,
-                 dropout=0.0, candidate_activation="sigmoid",
+                 dropout=0.0, loss="full", n_negatives=None, negative_power=0.75,
+                 candidate_activation="sigmoid",
                  optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
                  n_iter_no_change=3, refit=True, partial_epochs=1,
@@ -384,6 +427,9 @@ class CollaborativeGRURecommender(TorchRecommender):
         self.rank = rank
         self.deviation_penalty = deviation_penalty
         self.dropout = dropout
+        self.loss = loss
+        self.n_negatives = n_negatives
+        self.negative_power = negative_power
         self.candidate_activation = candidate_activation
         self.optimizer = optimizer
         self.rho = rho
@@ -435,6 +481,18 @@ class CollaborativeGRURecommender(TorchRecommender):
                 f"user's deviation from the shared recurrent matrices, but "
                 f"recurrent_weights='shared' has no per-user deviation; use "
                 f"'per_user' or 'low_rank', or leave deviation_penalty at 0.")
+        if self.loss == "full":
+            for name, default in (("n_negatives", None), ("negative_power", 0.75)):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} is only used with "
+                        f"loss='sampled'; set loss='sampled' or leave {name} at "
+                        f"{default!r}.")
+        elif self.copy_history:
+            raise ValueError(
+                "loss='sampled' cannot train the copy gate (copy_history=True), "
+                "whose mixture needs the full softmax's probability of each "
+                "target; use loss='full' with copy_history=True.")
         bptt = os.environ.get("SKCRNN_BPTT", "manual")
         if bptt not in BPTT:
             raise ValueError(f"The environment variable SKCRNN_BPTT is {bptt!r}; "
@@ -481,45 +539,64 @@ class CollaborativeGRURecommender(TorchRecommender):
             keep = window_mask(sequences, first, n_train)
             event_values = {name: values[keep].astype(np.float32) for name, values
                             in self._past_of_events(sequences, continuation).items()}
-        batches = make_batches(window(sequences, first, n_train), self.batch_size,
-                               device, event_values=event_values)
+        trained = window(sequences, first, n_train)
+        batches = make_batches(trained, self.batch_size, device,
+                               event_values=event_values)
         bptt = os.environ.get("SKCRNN_BPTT", "manual")
         options = {"bptt": bptt, "deviation_penalty": float(self.deviation_penalty),
                    "dropout": float(self.dropout)}
-        noise = self._noise_seeds() if self.dropout > 0 else None
+        n_steps = n_chunks(batches, self.chunk_size)
+        if self._sampled():
+            options["proposal"] = self._proposal(
+                self._history.items if continuation else trained.items, device)
+        elif not self.dropout > 0:
+            def steps(batch):
+                return chunk_losses(network, batch, self.chunk_size, start, **options)
+            return batches, steps, n_steps
 
-        def steps(batch):
-            generator = None
-            if noise is not None:
-                generator = torch.Generator(device=batch.items.device)
-                generator.manual_seed(int(noise.integers(2 ** 63)))
-            return chunk_losses(network, batch, self.chunk_size, start,
+        def noisy_steps(noisy):
+            generator = torch.Generator(device=noisy.batch.items.device)
+            generator.manual_seed(noisy.seed)
+            return chunk_losses(network, noisy.batch, self.chunk_size, start,
                                 generator=generator, **options)
-        return batches, steps, n_chunks(batches, self.chunk_size)
+        return _NoisyBatches(batches), noisy_steps, n_steps
 
-    def _run_epochs(self, network, sequences, n_train, max_epochs, rng, device,
-                    **options):
-        """:meth:`TorchRecommender._run_epochs`, drawing each batch's noise from ``rng``.
+    def _n_negatives(self):
+        """``n_negatives``, or its default for the catalogue (see the parameter)."""
+        if self.n_negatives is not None:
+            return self.n_negatives
+        return min(128, self.n_items_ - 1)
 
-        With dropout, each batch's generator (its masks) is seeded by a
-        number drawn from ``rng``, the batch order's generator, when the
-        batch starts: an int ``random_state`` makes training reproducible,
-        and a checkpoint, which records ``rng`` after each epoch, resumes
-        the same masks. Without noise, nothing more is drawn from ``rng``.
+    def _sampled(self):
+        """Whether training uses the sampled softmax.
+
+        Not for a catalogue of one item with the default ``n_negatives``:
+        there is no negative to draw, and the full softmax over one item
+        (whose loss is zero) is what any loss would be.
         """
-        self._noise_rng = rng
-        try:
-            return super()._run_epochs(network, sequences, n_train, max_epochs, rng,
-                                       device, **options)
-        finally:
-            del self._noise_rng
+        return self.loss == "sampled" and self._n_negatives() > 0
 
-    def _noise_seeds(self):
-        """The generator that seeds each batch's noise (see :meth:`_run_epochs`)."""
-        rng = getattr(self, "_noise_rng", None)
-        if rng is None:  # a plan made outside _run_epochs
-            rng = np.random.default_rng(draw_seeds(self.random_state)[1])
-        return rng
+    def _proposal(self, items, device):
+        """The :class:`~skcrnn._torch.output.UnigramProposal` of the items' counts.
+
+        Raises
+        ------
+        ValueError
+            If there are not more items than ``n_negatives``.
+        """
+        n_negatives = self._n_negatives()
+        if not 1 <= n_negatives < self.n_items_:
+            raise ValueError(
+                f"loss='sampled' draws n_negatives={n_negatives} negatives, which "
+                f"must be fewer than the {self.n_items_} items; lower n_negatives "
+                f"(the full softmax, loss='full', is then cheaper anyway).")
+        counts = np.bincount(items, minlength=self.n_items_)
+        return UnigramProposal(counts, self.negative_power, n_negatives, device)
+
+    def _fit_sequences(self, sequences):
+        if self._sampled():  # before any training: a clear error
+            self._proposal(sequences.items, "cpu")
+        super()._fit_sequences(sequences)
 
     def _continuation_starts(self, network, sequences, first):
         """Each continuing user's state before its first trained event, by user code.
@@ -759,6 +836,37 @@ class CollaborativeGRURecommender(TorchRecommender):
         return log_proba(states, self.network_.output_weight,
                          self.network_.output_bias, targets, dtype=_INFERENCE_DTYPE,
                          copy=copy)
+
+
+class _NoisyBatches:
+    """Each epoch's batches with their noise seeds, for :func:`~skcrnn._torch.loop.train`.
+
+    Called with the loop's generator at the start of each epoch, it draws
+    the batches' order, then one seed per batch for its generator (dropout
+    masks): with an int ``random_state`` training is reproducible, and a
+    checkpoint, which records the loop's generator after each epoch,
+    resumes the same draws. (Without noise the plan is a plain list: the
+    loop draws the order alone, as it always has.)
+    """
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __call__(self, rng):
+        order = rng.permutation(len(self.batches))
+        seeds = rng.integers(0, 2 ** 63 - 1, size=len(order))
+        return [_NoisyBatch(self.batches[i], int(seed)) for i, seed in zip(order, seeds)]
+
+
+class _NoisyBatch(NamedTuple):
+    """A training batch and the seed of its noise."""
+
+    batch: object
+    seed: int
+
+    @property
+    def n_events(self):
+        return self.batch.n_events
 
 
 class _Validation:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .._torch.loop import Step
 from .._torch.optim import Rows
-from .._torch.output import Copy, summed_cross_entropy
+from .._torch.output import Copy, sampled_cross_entropy, summed_cross_entropy
 from .recurrence import autograd_states, chunk_states
 
 #: How a chunk's gradients are computed: the hand-written BPTT of
@@ -38,7 +38,7 @@ BPTT = {"manual": chunk_states, "autograd": autograd_states}
 
 
 def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
-                 deviation_penalty=0.0, dropout=0.0, generator=None):
+                 deviation_penalty=0.0, dropout=0.0, proposal=None, generator=None):
     """Yield a :class:`~skcrnn._torch.loop.Step` for each chunk of a batch, in time order.
 
     The generator is lazy: it reads the users' recurrent matrices when the
@@ -75,8 +75,16 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
         Rate of (inverted) dropout on the chunk's input terms and on the
         states that feed the output layer; the recurrent connection and
         the carried state are not dropped.
+    proposal : UnigramProposal, optional
+        Train with the sampled softmax (:func:`~skcrnn._torch.output.
+        sampled_cross_entropy`) instead of the full one: each step draws
+        its negatives from ``proposal``, shared by its rows. The step then
+        reads the item parameters lazily too (:class:`~skcrnn._torch.optim.
+        Rows`): the input rows of its items and the output rows of its
+        targets and negatives, which alone the optimizer updates. The
+        step's ``nll`` is then the sampled loss. Not with the copy gate.
     generator : torch.Generator, optional
-        Draws the dropout masks (on the batch's device).
+        Draws the dropout masks and the negatives (on the batch's device).
 
     With the network's copy gate, ``batch.event_values`` holds each event's
     ``log_copy`` (log-probability of its item under the user's past items)
@@ -88,7 +96,10 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
         raise ValueError(f"deviation_penalty={deviation_penalty!r} needs deviations "
                          f"from shared matrices; the network's recurrent weights "
                          f"are {network.recurrent_kind!r}.")
-    n_slots = len(batch.lengths) * chunk_size
+    if proposal is not None and network.copy_history:
+        raise ValueError("the sampled softmax cannot train the copy gate, whose "
+                         "mixture needs the full softmax's probability.")
+    n_slots = batch.slot_rows * chunk_size  # the global batch's, in a shard
     hidden = _first_states(network, batch, initial_state)
     n_columns = batch.items.shape[1]
     descending = -batch.lengths
@@ -104,7 +115,13 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
         n_steps = stop - start if stop < n_columns else stop - start - 1
         # F.embedding, not item_input[items]: the backward of advanced indexing
         # made 2-thread CPU trainings differ from run to run (same seed)
-        inputs = _dropped(F.embedding(items, network.item_input), dropout, generator)
+        if proposal is None:
+            inputs = F.embedding(items, network.item_input)
+        else:
+            read, positions = torch.unique(items, return_inverse=True)
+            inputs = F.embedding(positions, rows.read("item_input", network.item_input,
+                                                      read))
+        inputs = _dropped(inputs, dropout, generator)
         states, hidden = run(hidden[:active].detach(), inputs, weights, network.unit,
                              n_steps)
         states = _dropped(states.flatten(0, 1).index_select(0, real), dropout,
@@ -116,8 +133,11 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
                     for name, values in batch.event_values.items()}
             copy = Copy(network.gate_logits(states, past["log_mass"]),
                         past["log_copy"])
-        nll = summed_cross_entropy(states, network.output_weight,
-                                   network.output_bias, targets, copy=copy)
+        if proposal is None:
+            nll = summed_cross_entropy(states, network.output_weight,
+                                       network.output_bias, targets, copy=copy)
+        else:
+            nll = _sampled_nll(network, states, targets, proposal, generator, rows)
         objective = nll
         if deviation_penalty:
             share = torch.as_tensor(
@@ -126,6 +146,18 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
             objective = nll + deviation_penalty * (
                 share * deviation.square().sum(dim=(1, 2))).sum()
         yield Step(objective / n_slots, nll.detach(), len(real), rows.touched)
+
+
+def _sampled_nll(network, states, targets, proposal, generator, rows):
+    """:func:`~skcrnn._torch.output.sampled_cross_entropy` of a step, output rows lazily."""
+    negatives = proposal.draw(generator)
+    read, positions = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
+    weight = rows.read("output_weight", network.output_weight, read)
+    bias = rows.read("output_bias", network.output_bias, read)
+    n_rows = len(targets)
+    return sampled_cross_entropy(states, weight, bias, positions[:n_rows],
+                                 positions[n_rows:],
+                                 proposal.log_expected[read].to(bias.dtype))
 
 
 def _dropped(values, rate, generator):

@@ -10,6 +10,10 @@ so that no ``(rows x items)`` tensor larger than a block ever exists:
     probabilities are still in cache, as ``(P - onehot(y))`` and two matrix
     products; nothing of size ``(rows x items)`` is kept for the backward
     pass, and there is no separate log-softmax backward;
+:func:`sampled_cross_entropy` and :class:`UnigramProposal`
+    a training loss that reads only a few items' output rows: the softmax
+    over each row's target and negatives shared by the rows, drawn from
+    the item unigram raised to a power, with the ``log Q`` correction;
 :func:`log_proba`
     exact next-item log-probabilities for scoring (all items, or only given
     targets), in the precision asked for;
@@ -199,6 +203,98 @@ class _SummedCrossEntropy(torch.autograd.Function):
                 torch.mul(grad_weight, grad_total, out=scaled_weight),
                 grad_bias * grad_total, None, None,
                 None if grad_gate is None else grad_gate * grad_total, None)
+
+
+def sampled_cross_entropy(hidden, weight, bias, targets, negatives, log_expected):
+    """The sampled-softmax loss of each row's target against shared negatives.
+
+    Each row ``n`` is scored by a softmax over its target ``y_n`` and the
+    ``S`` negatives ``j_1 .. j_S`` (drawn with replacement from a proposal
+    ``Q``, shared by all rows), each logit corrected by the log of its
+    expected count among the draws, ``log(S Q(j))`` (the ``log Q``
+    correction, applied to the target as to the negatives)::
+
+        o'_j = h_n . w_j + b_j - log(S Q(j))
+        loss = sum_n [ log(exp(o'_{y_n}) + sum_{s: j_s != y_n} exp(o'_{j_s})) - o'_{y_n} ]
+
+    A negative that is the row's own target (an accidental hit) is left out
+    of that row's sum: the target is counted once, as the target. With the
+    negatives every item exactly once (``S = V``), the loss is the full
+    softmax's cross-entropy at the biases ``b_j - log(V Q(j))``; with a
+    uniform ``Q`` that is the full cross-entropy itself.
+
+    Differentiable by autograd (the tensors are ``N x (S + 1)``).
+
+    Parameters
+    ----------
+    hidden : Tensor of shape (N, H)
+    weight : Tensor of shape (M, H)
+        Output rows of the candidate items (all items, or only those the
+        loss reads: targets and negatives).
+    bias : Tensor of shape (M,)
+    targets : LongTensor of shape (N,)
+        Each row's target, as a row of ``weight``.
+    negatives : LongTensor of shape (S,)
+        The negatives, as rows of ``weight``, repeats allowed.
+    log_expected : Tensor of shape (M,)
+        ``log(S Q(j))`` of each row of ``weight``.
+
+    Returns
+    -------
+    Tensor
+        A scalar, the sum over rows.
+    """
+    corrected = bias - log_expected
+    target_logits = ((hidden * F.embedding(targets, weight)).sum(dim=1)
+                     + F.embedding(targets, corrected[:, None])[:, 0])
+    negative_logits = torch.addmm(F.embedding(negatives, corrected[:, None])[:, 0],
+                                  hidden, F.embedding(negatives, weight).T)
+    negative_logits = negative_logits.masked_fill(
+        negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([target_logits[:, None], negative_logits], dim=1)
+    return (torch.logsumexp(logits, dim=1) - target_logits).sum()
+
+
+class UnigramProposal:
+    """Negatives drawn from the item unigram raised to a power.
+
+    ``Q(j) = c_j^power / sum_i c_i^power`` for item counts ``c``; ``power =
+    0`` is uniform over every item (``0^0 = 1``: also the unseen ones),
+    ``power = 1`` the unigram itself; with ``power > 0`` an item never seen
+    is never drawn.
+
+    Parameters
+    ----------
+    counts : array-like of shape (V,)
+        Events per item.
+    power : float
+        ``>= 0``.
+    n_negatives : int
+        ``S``, draws per call of :meth:`draw` (with replacement).
+    device : torch.device or str, default="cpu"
+
+    Attributes
+    ----------
+    proba : Tensor of shape (V,), float64
+    log_expected : Tensor of shape (V,), float64
+        ``log(S Q(j))``, ``-inf`` where ``Q(j) = 0``.
+    """
+
+    def __init__(self, counts, power, n_negatives, device="cpu"):
+        weights = np.power(np.asarray(counts, dtype=np.float64), float(power))
+        if not weights.sum() > 0:
+            raise ValueError("the proposal has no item to draw")
+        proba = weights / weights.sum()
+        self.n_negatives = int(n_negatives)
+        self.proba = torch.as_tensor(proba, device=device)
+        with np.errstate(divide="ignore"):
+            log_expected = np.log(self.n_negatives) + np.log(proba)
+        self.log_expected = torch.as_tensor(log_expected, device=device)
+
+    def draw(self, generator=None):
+        """``S`` item codes drawn with replacement (LongTensor, on the device)."""
+        return torch.multinomial(self.proba, self.n_negatives, replacement=True,
+                                 generator=generator)
 
 
 @torch.no_grad()
