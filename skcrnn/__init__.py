@@ -22,6 +22,7 @@ _LAZY = {
     "HMMRecommender": "._hmm",
     "MatrixFactorizationRecommender": "._mf",
     "CollaborativeGRURecommender": "._rnn",
+    "fit_distributed": "._torch.distributed",
     "SelfAttentionRecommender": "._attention",
 }
 

@@ -17,6 +17,7 @@ import pandas as pd
 from . import (BigramRecommender, CollaborativeGRURecommender, HMMRecommender,
                MatrixFactorizationRecommender,
                PersonalUnigramRecommender, UniformRecommender, UnigramRecommender)
+from . import _fit_command
 from ._report import (error_by_bin, markdown, per_user_errors, plot_error_by_bin,
                       plot_learning_curves, write_table)
 from .metrics import entropy_bins
@@ -214,11 +215,15 @@ def build_parser():
     reproduce.add_argument("--verbose", action="store_true",
                            help="progress bars while the recurrent models train")
     reproduce.add_argument("--seed", type=int, default=0)
+    _fit_command.add_parser(commands)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "fit":
+        _fit_command.run(args)
+        return 0
     known = {spec.name for spec in model_specs()}
     if args.models and set(args.models) - known:
         raise SystemExit(f"unknown model(s) {sorted(set(args.models) - known)}; "

@@ -868,6 +868,14 @@ class _NoisyBatch(NamedTuple):
     def n_events(self):
         return self.batch.n_events
 
+    @property
+    def lengths(self):
+        return self.batch.lengths
+
+    def restricted(self, local_code):
+        """This rank's part (:meth:`~skcrnn._torch.batching.Batch.restricted`), same seed."""
+        return _NoisyBatch(self.batch.restricted(local_code), self.seed)
+
 
 class _Validation:
     """Validation loss of the current weights, as a callable for ``train``.

@@ -118,9 +118,15 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
         if proposal is None:
             inputs = F.embedding(items, network.item_input)
         else:
-            read, positions = torch.unique(items, return_inverse=True)
-            inputs = F.embedding(positions, rows.read("item_input", network.item_input,
-                                                      read))
+            # the rows of the real slots' items only: padding (item 0) feeds
+            # no loss, and reading its row would move its statistics (and make
+            # a shard of the batch read other rows than the whole batch)
+            read, inverse = torch.unique(items.flatten().index_select(0, real),
+                                         return_inverse=True)
+            positions = torch.zeros(items.numel(), dtype=inverse.dtype, device=device)
+            positions[real] = inverse
+            inputs = F.embedding(positions.view(items.shape),
+                                 rows.read("item_input", network.item_input, read))
         inputs = _dropped(inputs, dropout, generator)
         states, hidden = run(hidden[:active].detach(), inputs, weights, network.unit,
                              n_steps)

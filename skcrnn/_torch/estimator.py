@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from .._base import BaseRecommender
 from .batching import validation_sizes
 from .checkpoint import Checkpoint, fingerprint
+from .distributed import Shard, current_cluster, data_fingerprint
 from .loop import train
 from .optim import Optimizer, grown_state_dict
 from .runtime import cpu_threads, draw_seeds, resolve_device, usable_device
@@ -168,15 +169,36 @@ class TorchRecommender(BaseRecommender):
     def _fit_sequences(self, sequences):
         device = resolve_device(self.device)
         with cpu_threads(self.n_jobs):
-            network = self._fit_network(sequences, device)
+            shard = self._shard(sequences)
+            network = self._fit_network(sequences, device, shard)
+            if shard is not None:  # the other ranks stop here (NotRankZero)
+                network, self.optimizer_state_ = shard.gather(
+                    network, self.optimizer_state_, self._new_network().to(device))
             self.network_ = _frozen(network)
             self.device_ = str(device)
             self.partial_history_ = []
             self._after_fit(sequences)
 
-    def _fit_network(self, sequences, device):
-        """Early stopping, then the optional refit; the trained network."""
+    def _shard(self, sequences):
+        """This rank's :class:`~.distributed.Shard` under ``fit_distributed``, else None."""
+        cluster = current_cluster()
+        if cluster is None:
+            return None
+        params = {name: value for name, value in self.get_params(deep=False).items()
+                  if name not in NOT_IN_FINGERPRINT}
+        return Shard.start(cluster, sequences.lengths, data_fingerprint(
+            sequences, self.classes_, self.users_, np.array(repr(sorted(
+                params.items())))))
+
+    def _fit_network(self, sequences, device, shard=None):
+        """Early stopping, then the optional refit; the trained network.
+
+        With a ``shard`` (``fit_distributed``), this rank's part of it: the
+        per-user parameters of its users only.
+        """
         seeds = draw_seeds(self.random_state)
+        if shard is not None:
+            seeds = shard.cluster.broadcast_object(seeds)
         checkpoint, record = self._open_checkpoint(sequences)
         if record is not None:
             seeds = record["seeds"]  # those of the fit that wrote it
@@ -191,7 +213,7 @@ class TorchRecommender(BaseRecommender):
         else:
             network, self.history_, self.best_epoch_, self.optimizer_state_ = (
                 self._train(sequences, n_train, self.max_epochs, seeds, device,
-                            _phase(checkpoint, 1, seeds, record)))
+                            _phase(checkpoint, 1, seeds, record), shard))
         self.n_iter_ = len(self.history_)
         self.refit_history_ = None
         if self.refit and self.best_epoch_ is not None:
@@ -200,7 +222,7 @@ class TorchRecommender(BaseRecommender):
             network, self.refit_history_, _, self.optimizer_state_ = self._train(
                 sequences, lengths, self.best_epoch_, seeds, device,
                 _phase(checkpoint, 2, seeds, record, first_history=self.history_,
-                       first_best_epoch=self.best_epoch_))
+                       first_best_epoch=self.best_epoch_), shard)
         if checkpoint is not None:
             checkpoint.remove()
         return network
@@ -219,11 +241,14 @@ class TorchRecommender(BaseRecommender):
                                 fingerprint(params, sequences, self.n_items_))
         return checkpoint, checkpoint.read()
 
-    def _train(self, sequences, n_train, max_epochs, seeds, device, checkpoint=None):
+    def _train(self, sequences, n_train, max_epochs, seeds, device, checkpoint=None,
+               shard=None):
         """Train a new network on each user's first ``n_train`` events.
 
         The events after them, if any, are the validation events. The same
-        ``seeds`` give the same initial weights and batch orders.
+        ``seeds`` give the same initial weights and batch orders. With a
+        ``shard``, the network keeps its users' rows only and validates on
+        them, the loss averaged over all ranks' users.
 
         Returns the network, its history, its best epoch (None without
         validation) and the optimizer's final statistics.
@@ -232,16 +257,25 @@ class TorchRecommender(BaseRecommender):
         network = self._new_network().reset_parameters(generator).to(device)
         validate = None
         if (sequences.lengths > n_train).any():
-            validate = self._validation(network, sequences, n_train)
+            if shard is None:
+                validate = self._validation(network, sequences, n_train)
+            else:
+                shard.localize(network)
+                mine = n_train[shard.owned]
+                local = shard.sequences(sequences)
+                validate = shard.validation(self._validation(network, local, mine),
+                                            int((local.lengths > mine).sum()))
+        elif shard is not None:
+            shard.localize(network)
         history, best_epoch, optimizer_state = self._run_epochs(
             network, sequences, n_train, max_epochs,
             np.random.default_rng(int(seeds[1])), device, validate=validate,
-            checkpoint=checkpoint)
+            checkpoint=checkpoint, shard=shard)
         return network, history, best_epoch, optimizer_state
 
     def _run_epochs(self, network, sequences, n_train, max_epochs, rng, device, *,
                     validate=None, checkpoint=None, optimizer_state=None,
-                    continuation=False):
+                    continuation=False, shard=None):
         """Train ``network`` in place with :func:`~.loop.train`.
 
         Parameters
@@ -264,6 +298,10 @@ class TorchRecommender(BaseRecommender):
         continuation : bool
             The sequences continue the users' histories (see
             ``_training_plan``).
+        shard : Shard or None
+            Multi-process training: the global batches of ``sequences`` are
+            cut to this rank's users (``network`` holds their rows only) and
+            the ranks sum their gradients (:mod:`.distributed`).
 
         Returns
         -------
@@ -274,6 +312,8 @@ class TorchRecommender(BaseRecommender):
         """
         batches, steps, n_steps = self._training_plan(
             network, sequences, n_train, device, continuation=continuation)
+        if shard is not None:
+            batches, n_steps = shard.batches(batches), None
         optimizer = Optimizer(network, self.optimizer, self.learning_rate,
                               self.rho, self.epsilon)
         if optimizer_state is not None:
@@ -282,7 +322,8 @@ class TorchRecommender(BaseRecommender):
             network, optimizer, batches, steps, max_epochs=max_epochs,
             validate=validate, n_iter_no_change=self.n_iter_no_change, rng=rng,
             n_steps=n_steps, max_loss=_divergence_loss(self.n_items_),
-            verbose=self.verbose, checkpoint=checkpoint)
+            verbose=self.verbose, checkpoint=checkpoint,
+            cluster=None if shard is None else shard.cluster)
         return history, best_epoch, optimizer.state_dict()
 
     # ---------------------------------------------------- incremental learning

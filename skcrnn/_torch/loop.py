@@ -84,7 +84,7 @@ class _Progress:
 
 def train(module, optimizer, batches, steps, *, max_epochs, validate,
           n_iter_no_change, rng, n_steps=None, max_loss=np.inf, verbose=0,
-          checkpoint=None):
+          checkpoint=None, cluster=None):
     """Epochs over ``batches`` with early stopping on ``validate()``.
 
     Parameters
@@ -125,6 +125,12 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
         statistics, ``rng`` state, history, best epoch and weights). Resuming
         from the state of epoch ``e`` continues exactly as the run that wrote
         it did after epoch ``e``. ``str(checkpoint)`` names it in messages.
+    cluster : Cluster, optional
+        Multi-process training (:mod:`.distributed`): ``batches`` are this
+        rank's parts of the global batches, in the same order on every rank;
+        after each step the gradients of the parameters that ``module``
+        does not index by user are summed over the ranks, and the epoch's
+        training loss is that of all ranks' events.
 
     Returns
     -------
@@ -162,9 +168,15 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
             else:
                 order = rng.permutation(len(batches))
                 epoch_batches = [batches[i] for i in order]
-            total_nll = _train_epoch(module, optimizer, epoch_batches, steps, bar)
+            if cluster is None:
+                total_nll = _train_epoch(module, optimizer, epoch_batches, steps, bar)
+                epoch_events = n_events
+            else:
+                total_nll, epoch_events = cluster.sum(
+                    [_train_epoch_in_step(module, optimizer, epoch_batches, steps,
+                                          bar, cluster), n_events])
         train_seconds = time.perf_counter() - started
-        train_loss = total_nll / max(n_events, 1)
+        train_loss = total_nll / max(epoch_events, 1)
         _check_divergence(module, train_loss, epoch, max_loss)
         valid_loss = float("nan") if validate is None else float(validate())
         seconds = time.perf_counter() - started
@@ -173,7 +185,8 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
                        f"{valid_loss:.4f}, {seconds:.1f} s")
         progress.record({"epoch": epoch, "train_loss": train_loss,
                          "valid_loss": valid_loss, "seconds": seconds,
-                         "events_per_second": n_events / max(train_seconds, 1e-12)},
+                         "events_per_second": epoch_events / max(train_seconds,
+                                                                 1e-12)},
                         module, validate is not None, n_iter_no_change)
         if checkpoint is not None:
             checkpoint.save(_state(progress, module, optimizer, rng))
@@ -198,6 +211,37 @@ def _train_epoch(module, optimizer, batches, steps, bar):
             total = nll if total is None else total + nll
             bar.update()
     return 0.0 if total is None else float(total)
+
+
+def _train_epoch_in_step(module, optimizer, batches, steps, bar, cluster):
+    """:func:`_train_epoch` of one rank, in step with the others.
+
+    Each rank takes its steps of a global batch; after each, the ranks sum
+    the gradients of the replicated parameters (those not indexed by user,
+    see :meth:`~.distributed.Cluster.reduce_step`), and all of them step. A rank with no step left (or no rows in the batch)
+    adds zeros, until no rank has one. Returns this rank's summed NLL.
+    """
+    by_user = {name for name, kind in getattr(module, "row_indexed", {}).items()
+               if kind == "user"}
+    replicated = [(name, param) for name, param in module.named_parameters()
+                  if name not in by_user]
+    total = 0.0
+    for batch in batches:
+        local = iter(steps(batch)) if len(batch.lengths) else iter(())
+        while True:
+            step = next(local, None)
+            optimizer.zero_grad()
+            touched = {}
+            if step is not None:
+                step.loss.backward()
+                touched = dict(step.touched)
+            if not cluster.reduce_step(replicated, touched, step is not None):
+                break
+            optimizer.step(touched)
+            if step is not None:
+                total += float(step.nll.detach().double())
+            bar.update()
+    return total
 
 
 def _check_divergence(module, train_loss, epoch, max_loss):

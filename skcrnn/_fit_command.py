@@ -1,0 +1,90 @@
+"""``python -m skcrnn fit``: fit a recommender on an event file and save it.
+
+In one process it is an ordinary ``fit``. Launched by ``torchrun`` (the
+environment has ``WORLD_SIZE``), the torch models train across the launched
+processes (:func:`skcrnn.fit_distributed`) and rank 0 saves the model::
+
+    torchrun --nproc_per_node=2 -m skcrnn fit --data events.csv \\
+        --set hidden_size=64 --set random_state=0 --output model.skcrnn
+"""
+
+import ast
+import os
+from pathlib import Path
+
+import pandas as pd
+
+ESTIMATORS = {
+    "c-gru": "CollaborativeGRURecommender",
+    "self-attention": "SelfAttentionRecommender",
+}
+FORMATS = ("csv", "tsv", "snap", "lastfm", "movielens")
+
+
+def add_parser(commands):
+    """Register the ``fit`` subcommand on ``commands`` (argparse subparsers)."""
+    fit = commands.add_parser(
+        "fit", help="fit a recommender on an event file and save it (also under "
+                    "torchrun, across processes)",
+        description=__doc__.splitlines()[0])
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="the event file")
+    source.add_argument("--generated", type=int, nargs=3,
+                        metavar=("USERS", "ITEMS", "EVENTS"),
+                        help="generated events (skcrnn.datasets.make_sequences)")
+    fit.add_argument("--format", choices=FORMATS, default="csv",
+                     help="layout of --data: csv/tsv with user, item and "
+                          "timestamp columns, or a loader of skcrnn.datasets "
+                          "(default: csv)")
+    fit.add_argument("--model", choices=sorted(ESTIMATORS), default="c-gru")
+    fit.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="an estimator parameter (a Python literal; repeat)")
+    fit.add_argument("--output", type=Path, required=True,
+                     help="where rank 0 saves the fitted model")
+    fit.add_argument("--timeout", type=float, default=300.0,
+                     help="seconds a process waits for the others at each "
+                          "collective operation under torchrun (default: 300)")
+    fit.add_argument("--seed", type=int, default=0,
+                     help="seed of --generated (default: 0)")
+    return fit
+
+
+def parse_settings(pairs):
+    """``["a=1", "b='x'"]`` -> ``{"a": 1, "b": "x"}`` (values as Python literals)."""
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE")
+        try:
+            settings[name.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[name.strip()] = value  # a bare string
+    return settings
+
+
+def load_events(args):
+    from . import datasets
+    if args.generated is not None:
+        n_users, n_items, n_events = args.generated
+        return datasets.make_sequences(n_users=n_users, n_items=n_items,
+                                       n_events=n_events, random_state=args.seed)
+    if args.format in ("csv", "tsv"):
+        return pd.read_csv(args.data, sep="," if args.format == "csv" else "\t")
+    loader = {"snap": "load_snap_checkins", "lastfm": "load_lastfm_1k",
+              "movielens": "load_movielens"}[args.format]
+    return getattr(datasets, loader)(args.data)
+
+
+def run(args):
+    import skcrnn
+    estimator = getattr(skcrnn, ESTIMATORS[args.model])(**parse_settings(args.set))
+    events = load_events(args)
+    if "WORLD_SIZE" in os.environ:
+        fitted = skcrnn.fit_distributed(estimator, events, timeout=args.timeout)
+    else:
+        fitted = estimator.fit(events)
+    if fitted is not None:  # rank 0, or a single process
+        fitted.save(args.output)
+        print(f"saved {type(fitted).__name__} ({fitted.n_users_} users, "
+              f"{fitted.n_items_} items) to {args.output}")

@@ -1,0 +1,465 @@
+"""Training across processes with ``torch.distributed``, launched by ``torchrun``.
+
+Every process (rank) reads the same events. Users are sharded across the
+ranks, balanced by event count (:func:`shard_users`): a rank keeps only its
+users' rows of the per-user parameters (and their optimizer statistics), and
+trains only its users' sequences. The items' and the shared parameters are
+replicated: after every step the ranks sum their gradients
+(``all_reduce``), so every replica takes the same optimizer step.
+
+The steps are those of a single process: each rank builds the same global
+batches (users of similar lengths together, in the same shuffled order),
+keeps the rows of its users (:meth:`~.batching.Batch.restricted`, whose loss
+is still divided by the global batch's slots), and the ranks sum the
+gradients of the shared parameters after each step. With the same seed,
+``N`` processes therefore compute what one process does, up to the order of
+floating-point sums. A rank that runs out of steps in a batch before the
+others takes part in their sums with zero gradients: the all-reduce also
+carries a flag, "this rank took a step", and a batch ends when no rank did.
+
+When training ends, rank 0 gathers the per-user rows from every rank into
+an ordinary fitted estimator (``fit_distributed`` returns it on rank 0,
+None elsewhere), which ``save`` writes and ``load`` reads in one process.
+
+Every collective operation has the timeout given to
+:func:`fit_distributed`: a rank that dies makes the others fail with a
+clear ``RuntimeError`` instead of hanging.
+"""
+
+import contextvars
+import datetime
+import hashlib
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+#: Seconds a collective operation waits for the other ranks by default.
+DEFAULT_TIMEOUT = 300.0
+
+
+def shard_users(lengths, world_size):
+    """The rank of each user: balanced event counts (longest users first).
+
+    Greedy: users in decreasing number of events, each to the rank with the
+    fewest events so far (ties to the lower rank). Deterministic, so every
+    rank computes the same assignment.
+
+    Parameters
+    ----------
+    lengths : ndarray of int
+        Events of each user.
+    world_size : int
+
+    Returns
+    -------
+    ndarray of int64
+        The rank of each user.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    owner = np.empty(len(lengths), dtype=np.int64)
+    load = np.zeros(world_size, dtype=np.int64)
+    for user in np.argsort(-lengths, kind="stable"):
+        rank = int(np.argmin(load))
+        owner[user] = rank
+        load[rank] += lengths[user]
+    return owner
+
+
+class Cluster:
+    """This process's place among the ranks, and the collectives training uses.
+
+    Parameters
+    ----------
+    rank, world_size : int
+    timeout : float
+        Seconds (the process group's timeout; kept for messages).
+    """
+
+    def __init__(self, rank, world_size, timeout=DEFAULT_TIMEOUT):
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.timeout = float(timeout)
+        self.owner = None
+
+    def __repr__(self):
+        return f"Cluster(rank={self.rank}, world_size={self.world_size})"
+
+    # ------------------------------------------------------------ sharding
+    def shard(self, lengths):
+        """Assign the users (:func:`shard_users`); the codes of this rank's users.
+
+        Raises
+        ------
+        ValueError
+            If there are more ranks than users with events.
+        """
+        n_users = int((np.asarray(lengths) > 0).sum())
+        if n_users < self.world_size:
+            raise ValueError(
+                f"{self.world_size} processes but only {n_users} user(s) with "
+                f"events: every process needs at least one user; launch at most "
+                f"{n_users} processes.")
+        self.owner = shard_users(lengths, self.world_size)
+        return np.flatnonzero(self.owner == self.rank)
+
+    # --------------------------------------------------------- collectives
+    def _collective(self, what, call, *args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"rank {self.rank} of {self.world_size}: {what} failed; another "
+                f"process probably died or stopped answering (timeout "
+                f"{self.timeout:g} s). {type(error).__name__}: {error}") from error
+
+    def all_gather_object(self, value):
+        gathered = [None] * self.world_size
+        self._collective("exchanging values", dist.all_gather_object, gathered, value)
+        return gathered
+
+    def broadcast_object(self, value):
+        """Rank 0's ``value`` on every rank."""
+        box = [value]
+        self._collective("broadcasting from rank 0", dist.broadcast_object_list, box,
+                         src=0)
+        return box[0]
+
+    def gather_object(self, value):
+        """Every rank's ``value`` on rank 0 (a list by rank); None elsewhere."""
+        gathered = [None] * self.world_size if self.rank == 0 else None
+        self._collective("gathering on rank 0", dist.gather_object, value, gathered,
+                         dst=0)
+        return gathered
+
+    def sum(self, values):
+        """Sums over the ranks of a few floats (float64)."""
+        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        self._collective("summing over the ranks", dist.all_reduce, tensor)
+        return tensor.numpy()
+
+    def check_same(self, fingerprint, what):
+        """Raise ``ValueError`` on every rank if the ranks' ``fingerprint`` differ."""
+        fingerprints = self.all_gather_object(fingerprint)
+        different = [rank for rank, value in enumerate(fingerprints)
+                     if value != fingerprints[0]]
+        if different:
+            raise ValueError(
+                f"The processes do not have the same {what}: rank(s) {different} "
+                f"differ from rank 0. Every process must read the same events "
+                f"with the same parameters.")
+
+    def reduce_step(self, parameters, touched, took_step):
+        """Sum a step's gradients of the replicated ``parameters`` over the ranks.
+
+        Each parameter's gradient is either dense (``param.grad``) or, for
+        rows read lazily (``touched[name] = (rows, leaf)``, see
+        :mod:`.optim`), the gradient of those rows. The ranks sum dense
+        gradients (zeros from a rank without one) and, for lazily read
+        parameters, the gradients of the union of the rows they read, which
+        is what one process reading the global batch reads: the optimizer
+        then moves the same rows' statistics. A parameter no rank has a
+        gradient for keeps none.
+
+        Parameters
+        ----------
+        parameters : list of (str, Parameter)
+            The replicated parameters, in the same order on every rank.
+        touched : dict
+            This rank's ``Rows.touched`` of the step (modified: replicated
+            entries are replaced by the summed ones).
+        took_step : bool
+            Whether this rank took a step.
+
+        Returns
+        -------
+        bool
+            Whether any rank took a step; when not, nothing was changed.
+        """
+        reference = parameters[0][1]
+        pieces, flags = [], [float(took_step)]
+        for name, param in parameters:
+            dense = param.grad
+            mask = None
+            if name in touched:
+                rows, leaf = touched[name]
+                dense = torch.zeros_like(param)
+                mask = reference.new_zeros(param.shape[0])
+                if leaf.grad is not None:
+                    dense.index_add_(0, rows, leaf.grad)
+                mask[rows] = 1.0
+            pieces.append(torch.zeros_like(param) if dense is None else dense)
+            pieces.append(reference.new_zeros(param.shape[0]) if mask is None else mask)
+            flags += [float(param.grad is not None), float(mask is not None)]
+        flat = torch.cat([piece.reshape(-1) for piece in pieces]
+                         + [torch.tensor(flags, dtype=reference.dtype,
+                                         device=reference.device)])
+        self._collective("summing the gradients", dist.all_reduce, flat)
+        summed_flags = flat[-len(flags):].tolist()
+        if summed_flags[0] == 0:
+            return False
+        offset = 0
+        for index, (name, param) in enumerate(parameters):
+            size, n_rows = param.numel(), param.shape[0]
+            dense = flat[offset:offset + size].view_as(param)
+            mask = flat[offset + size:offset + size + n_rows]
+            offset += size + n_rows
+            has_dense, has_rows = summed_flags[1 + 2 * index:3 + 2 * index]
+            param.grad = None
+            touched.pop(name, None)
+            if has_rows:
+                rows = torch.nonzero(mask).flatten()
+                touched[name] = (rows, _Gradient(dense.index_select(0, rows)))
+            elif has_dense:
+                param.grad = dense.clone()
+        return True
+
+
+class _Gradient:
+    """Stands in for a leaf of :class:`~.optim.Rows`: only its ``grad`` is read."""
+
+    def __init__(self, grad):
+        self.grad = grad
+
+
+def environment_cluster(backend=None, device=None, timeout=DEFAULT_TIMEOUT):
+    """The :class:`Cluster` of a ``torchrun`` launch, its process group started.
+
+    Reads ``RANK``, ``WORLD_SIZE`` (and ``MASTER_ADDR``, ``MASTER_PORT``,
+    set by ``torchrun``). The backend is gloo on the CPU, nccl for CUDA
+    devices, unless given.
+
+    Raises
+    ------
+    ValueError
+        If the environment is not that of a ``torchrun`` launch.
+    """
+    missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               if name not in os.environ]
+    if missing and not dist.is_initialized():
+        raise ValueError(
+            f"Not started by torchrun: the environment lacks {missing}. Launch "
+            f"with e.g. 'torchrun --nproc_per_node=2 -m skcrnn fit ...'.")
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    return Cluster(dist.get_rank(), dist.get_world_size(), timeout)
+
+
+def data_fingerprint(sequences, *arrays):
+    """A hash of encoded sequences and label arrays, to compare across ranks."""
+    digest = hashlib.sha256()
+    for array in (sequences.user_codes, sequences.indptr, sequences.items, *arrays):
+        array = np.asarray(array)
+        digest.update(str(array.dtype).encode())
+        digest.update(np.ascontiguousarray(array).tobytes()
+                      if array.dtype != object else repr(array.tolist()).encode())
+    return digest.hexdigest()
+
+
+#: The cluster of the ``fit_distributed`` call running in this context.
+_CURRENT = contextvars.ContextVar("skcrnn_cluster", default=None)
+
+
+def current_cluster():
+    """The :class:`Cluster` that a running :func:`fit_distributed` set, or None."""
+    return _CURRENT.get()
+
+
+class NotRankZero(Exception):
+    """Raised inside ``fit`` on the ranks other than 0 once training is done.
+
+    The fit is all or nothing: on those ranks it leaves the estimator as it
+    was, and :func:`fit_distributed` returns None there.
+    """
+
+
+def fit_distributed(estimator, X, *, backend=None, timeout=DEFAULT_TIMEOUT):
+    """Fit a torch recommender across the processes of a ``torchrun`` launch.
+
+    Every process calls it with the same estimator parameters and the same
+    events. The users are sharded across the processes, balanced by event
+    count; each process trains its users' sequences and keeps their
+    per-user parameters and optimizer statistics, while the item and shared
+    parameters are replicated and their gradients summed after every step.
+    With the same ``random_state``, the result is that of ``estimator.fit(X)``
+    in one process, up to the order of floating-point sums. Rank 0 then
+    gathers the per-user rows into an ordinary fitted estimator.
+
+    Parameters
+    ----------
+    estimator : TorchRecommender
+        E.g. :class:`~skcrnn.CollaborativeGRURecommender`.
+    X : pandas.DataFrame
+        The events, the same on every process.
+    backend : {"gloo", "nccl"}, optional
+        By default gloo on the CPU, nccl when the estimator's device is CUDA
+        (each process then uses ``cuda:LOCAL_RANK`` when ``device="auto"``
+        or ``"cuda"``).
+    timeout : float, default=300
+        Seconds a process waits for the others at a collective operation: a
+        process that dies makes the others raise ``RuntimeError`` after at
+        most this long.
+
+    Returns
+    -------
+    estimator or None
+        The fitted estimator on rank 0, None on the other ranks (whose
+        ``estimator`` is left unfitted).
+
+    Raises
+    ------
+    ValueError
+        Before any training, if the process is not part of a ``torchrun``
+        launch, if there are more processes than users, if the processes'
+        events or parameters differ, or if the estimator has a
+        ``checkpoint_dir`` (not supported across processes).
+    RuntimeError
+        If another process dies or times out during training.
+    """
+    from .estimator import TorchRecommender
+    from .runtime import resolve_device
+    if not isinstance(estimator, TorchRecommender):
+        raise TypeError(f"fit_distributed trains the torch recommenders; got "
+                        f"{type(estimator).__name__}.")
+    if estimator.checkpoint_dir is not None:
+        raise ValueError("checkpoint_dir is not supported by fit_distributed; "
+                         "set checkpoint_dir=None.")
+    device = resolve_device(estimator.device)
+    cluster = environment_cluster(backend, device, timeout)
+    if device.type == "cuda" and device.index is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        estimator = estimator.set_params(device=f"cuda:{local_rank}")
+    token = _CURRENT.set(cluster)
+    try:
+        estimator.fit(X)
+    except NotRankZero:
+        return None
+    finally:
+        _CURRENT.reset(token)
+    return estimator
+
+
+class Shard:
+    """A rank's users and what training keeps to them.
+
+    Parameters
+    ----------
+    cluster : Cluster
+    owned : ndarray of int64
+        This rank's users (global codes, increasing).
+    n_users : int
+        All users.
+    """
+
+    def __init__(self, cluster, owned, n_users):
+        self.cluster = cluster
+        self.owned = np.asarray(owned, dtype=np.int64)
+        self.local_code = np.full(n_users, -1, dtype=np.int64)
+        self.local_code[self.owned] = np.arange(len(self.owned))
+
+    @classmethod
+    def start(cls, cluster, lengths, fingerprint):
+        """Check that the ranks agree on ``fingerprint``, then shard the users."""
+        cluster.check_same(fingerprint, "events and parameters")
+        return cls(cluster, cluster.shard(lengths), len(lengths))
+
+    def localize(self, network):
+        """Keep only this rank's rows of ``network``'s per-user parameters (in place)."""
+        for name in _user_parameters(network):
+            parameter = network.get_parameter(name)
+            rows = torch.as_tensor(self.owned, device=parameter.device)
+            module, leaf = _owner_of(network, name)
+            setattr(module, leaf, torch.nn.Parameter(
+                parameter.detach().index_select(0, rows).clone(),
+                requires_grad=parameter.requires_grad))
+        return network
+
+    def sequences(self, sequences):
+        """This rank's users' sequences, numbered by local code."""
+        from .._events import Sequences
+        mine = sequences.subset(self.owned)
+        return Sequences(np.arange(len(self.owned), dtype=np.int64), mine.indptr,
+                         mine.items)
+
+    def batches(self, batches):
+        """This rank's parts of the global ``batches`` (a list, or a callable of ``rng``)."""
+        def restrict(global_batches):
+            for batch in global_batches:
+                if not hasattr(batch, "restricted"):
+                    raise ValueError(
+                        f"fit_distributed cannot split batches of type "
+                        f"{type(batch).__name__} between processes; this model "
+                        f"trains in one process only.")
+            return [batch.restricted(self.local_code) for batch in global_batches]
+        if callable(batches):
+            return lambda rng: restrict(batches(rng))
+        return restrict(batches)
+
+    def validation(self, validate, n_validated):
+        """The mean over all ranks' users of ``validate``'s per-rank mean.
+
+        ``n_validated`` is how many of this rank's users have held-out events
+        (the users that ``validate`` averages over).
+        """
+        def global_loss():
+            local = float(validate()) if n_validated else 0.0
+            total, count = self.cluster.sum([local * n_validated, n_validated])
+            return total / count
+        return global_loss
+
+    def gather(self, network, optimizer_state, full_network):
+        """On rank 0: ``full_network`` filled with every rank's rows, and the full statistics.
+
+        ``full_network`` is an uninitialized network at the full vocabularies
+        (on rank 0; ignored elsewhere). The replicated parameters are rank
+        0's; each per-user parameter and its optimizer statistics get every
+        rank's rows. The other ranks raise :class:`NotRankZero` once their
+        rows are sent.
+        """
+        names = _user_parameters(network)
+        rows = {name: network.get_parameter(name).detach().cpu() for name in names}
+        statistics = ({name: optimizer_state["state"][name] for name in names}
+                      if optimizer_state is not None else None)
+        parts = self.cluster.gather_object((self.owned, rows, statistics))
+        if self.cluster.rank != 0:
+            raise NotRankZero()
+        state = None if optimizer_state is None else {
+            "name": optimizer_state["name"], "state": dict(optimizer_state["state"])}
+        with torch.no_grad():
+            for name, parameter in full_network.named_parameters():
+                if name not in names:
+                    parameter.copy_(network.get_parameter(name))
+                    continue
+                for owned, part, _ in parts:
+                    parameter[torch.as_tensor(owned, device=parameter.device)] = (
+                        part[name].to(parameter.device))
+                if state is not None:
+                    state["state"][name] = _gathered_statistics(name, parts,
+                                                                parameter.shape[0])
+        return full_network, state
+
+
+def _gathered_statistics(name, parts, n_rows):
+    """The optimizer statistics of per-user parameter ``name``, all ranks' rows."""
+    first = parts[0][2][name]
+    full = {key: torch.zeros((n_rows,) + tuple(tensor.shape[1:]), dtype=tensor.dtype)
+            for key, tensor in first.items()}
+    for owned, _, statistics in parts:
+        for key, tensor in statistics[name].items():
+            full[key][torch.as_tensor(owned)] = tensor
+    return full
+
+
+def _user_parameters(network):
+    """Names of the parameters that ``network`` indexes by user."""
+    return [name for name, kind in getattr(network, "row_indexed", {}).items()
+            if kind == "user"]
+
+
+def _owner_of(module, name):
+    """The submodule that holds parameter ``name``, and its attribute name."""
+    path, _, leaf = name.rpartition(".")
+    return (module.get_submodule(path) if path else module), leaf
