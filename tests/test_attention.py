@@ -24,8 +24,8 @@ from skcrnn.model_selection import UserSuffixSplit, suffix_split
 
 from .conftest import random_events
 
-TINY = dict(hidden_size=4, n_heads=2, max_history=3, max_epochs=3, batch_size=3,
-            dropout=0.1, device="cpu", random_state=0)
+TINY = dict(hidden_size=4, n_heads=2, max_history=3, train_stride=2, max_epochs=3,
+            batch_size=3, dropout=0.1, tie_weights=True, device="cpu", random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,14 @@ def split(one_torch_thread):
     return suffix_split(events, 0.25, 2, 50)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["shared", "user_embedding"])
+VARIANTS = {"tied": {}, "user_embedding": {"user_embedding": True},
+            "untied": {"tie_weights": False, "train_stride": None}}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
 def fitted(request, split):
     train, _ = split
-    return SelfAttentionRecommender(**TINY, user_embedding=request.param).fit(train)
+    return SelfAttentionRecommender(**{**TINY, **VARIANTS[request.param]}).fit(train)
 
 
 def quiet(call, *args, **kwargs):
@@ -71,8 +75,9 @@ def naive_log_proba(network, history, user=None):
         vector = vector + params["position_embedding"][slot]
         if network.has_user_embedding:
             table = params["user_embedding"]
+            # users without a row: the mean row, rounded to the parameters' type
             vector = vector + (table[user] if user is not None and user < len(table)
-                               else table.mean(dim=0))
+                               else table.mean(dim=0).float().double())
         inputs.append(vector)
     states = inputs
     for b in range(len(network.blocks)):
@@ -100,7 +105,8 @@ def naive_log_proba(network, history, user=None):
         states = new_states
     hidden = layer_norm(states[-1], params["final_norm_weight"],
                         params["final_norm_bias"])
-    logits = params["output_weight"] @ hidden + params["output_bias"]
+    output = params["item_embedding" if network.tie_weights else "output_weight"]
+    logits = output @ hidden + params["output_bias"]
     return torch.log_softmax(logits, dim=0).numpy()
 
 
@@ -210,25 +216,29 @@ def test_window_spans_and_gather_against_loops():
     sequences = Sequences(np.array([0, 1, 2]), np.array([0, 7, 9, 9]),
                           np.arange(10, 19))
     first, stop, lower = np.array([0, 1, 0]), np.array([7, 2, 0]), np.array([0, 1, 0])
-    groups, begin, end = window_spans(first, stop, 3, lower)
-    expected = []
-    for g in range(3):
-        e = stop[g]
-        while e > first[g]:
-            expected.append((g, max(e - 3, lower[g]), e))
-            e -= 3
-    assert list(zip(groups, begin, end)) == expected
+    for stride in (None, 3, 2, 1):
+        groups, begin, end, covered = window_spans(first, stop, 3, lower, stride)
+        step = stride or 3
+        expected = []
+        for g in range(3):
+            e = stop[g]
+            while e > first[g]:
+                expected.append((g, max(e - 3, lower[g]), e, max(e - step, first[g])))
+                e -= step
+        assert list(zip(groups, begin, end, covered)) == expected
     matrix = gather_windows(sequences, groups, begin, end, offset=-1, fill=-1)
-    for row, (g, b, e) in enumerate(expected):
+    for row, (g, b, e, _) in enumerate(expected):
         items = list(sequences.items[sequences.indptr[g]:sequences.indptr[g + 1]])
         want = [items[p] if p >= 0 else -1 for p in range(b - 1, e - 1)]
         want += [-1] * (matrix.shape[1] - len(want))
         assert list(matrix[row]) == want
 
 
-def test_training_windows_are_the_scoring_windows():
-    """Every trained slot sees a suffix of the window scoring reads, the whole
-    window where the training window is full or starts at the start token;
+@pytest.mark.parametrize("stride", [None, 2, 1])
+def test_training_windows_are_the_scoring_windows(stride):
+    """Every trained slot sees a suffix of the window scoring reads, at least
+    ``width - stride`` tokens of it, the whole window where the training
+    window is full or starts at the start token; each event is trained once;
     a continuation trains on the new events only, after its history's tail."""
     history = Sequences(np.array([0, 1]), np.array([0, 6, 8]), np.arange(100, 108))
     new = Sequences(np.array([0, 1]), np.array([0, 4, 5]), np.arange(200, 205))
@@ -239,7 +249,7 @@ def test_training_windows_are_the_scoring_windows():
     context, tails, lower = attention_windows.with_history(
         full, new.user_codes, history.lengths, width, new)
     windows = attention_windows.TrainingWindows(context, tails, tails + new.lengths,
-                                                lower, width, "cpu")
+                                                lower, width, "cpu", stride)
     trained = []
     for row in range(len(windows)):
         user = int(windows.users[row])
@@ -252,6 +262,7 @@ def test_training_windows_are_the_scoring_windows():
             position = sequence.index(target)  # the items are distinct
             scoring = sequence[max(0, position - width):position]
             assert inputs == scoring[len(scoring) - len(inputs):]
+            assert len(inputs) >= min(len(scoring), width - (stride or width) + 1)
             if slot == width - 1:
                 assert inputs == scoring
     expected = [(u, int(i)) for u in range(2)
@@ -282,9 +293,11 @@ def test_update_then_score_equals_scoring_the_continuation(split):
         model, pd.concat([train, x1], ignore_index=True), x2), rtol=1e-10)
 
 
-def test_partial_fit_grows_users_and_items(split):
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_partial_fit_grows_users_and_items(split, tie_weights):
     train, _ = split
-    model = SelfAttentionRecommender(**TINY, user_embedding=True).fit(train)
+    model = SelfAttentionRecommender(**{**TINY, "tie_weights": tie_weights},
+                                     user_embedding=True).fit(train)
     old_network = model.network_
     old_state = {k: v.clone() for k, v in old_network.state_dict().items()}
     n_seen = len(train)
@@ -294,8 +307,12 @@ def test_partial_fit_grows_users_and_items(split):
     assert model.n_users_ == 7 and model.users_[-1] == 998
     network = model.network_
     assert network.item_embedding.shape[0] == 9 and network.user_embedding.shape[0] == 7
-    assert all(torch.equal(old_state[k], v) for k, v in old_network.state_dict().items())
-    assert torch.equal(network.output_weight[-1], torch.zeros(4))
+    assert all(torch.equal(old_state[k], v)
+               for k, v in old_network.state_dict().items())
+    mean_item = old_network.item_embedding.double().mean(0).float()
+    assert torch.equal(network.item_embedding[-1], mean_item)
+    if not tie_weights:
+        assert torch.equal(network.output_weight[-1], torch.zeros(4))
     torch.testing.assert_close(network.user_embedding[-1],
                                old_network.user_embedding.double().mean(0).float())
     # an unseen item's add-one probability after an empty history
@@ -319,7 +336,8 @@ def test_partial_fit_trains_on_the_new_events_only(split, monkeypatch):
     def recording(self, network, batch, dropout):
         rows = batch.rows
         for row in rows:
-            seen.extend(self.targets[row, self.first_slot[row]:self.lengths[row]].tolist())
+            trained = slice(self.first_slot[row], self.lengths[row])
+            seen.extend(self.targets[row, trained].tolist())
         return original(self, network, batch, dropout)
 
     monkeypatch.setattr(attention_windows.TrainingWindows, "steps", recording)
@@ -399,6 +417,9 @@ def test_grid_search_with_user_suffix_split(split):
     ({"dropout": -0.1}, "'dropout' parameter"),
     ({"hidden_size": 6, "n_heads": 4}, "hidden_size=6 must be a multiple of n_heads=4"),
     ({"n_blocks": 0}, "'n_blocks' parameter"),
+    ({"train_stride": 0}, "'train_stride' parameter"),
+    ({"max_history": 3, "train_stride": 4},
+     "train_stride=4 must be at most max_history=3"),
 ])
 def test_bad_parameters_raise_at_fit(split, params, message):
     model = SelfAttentionRecommender(**{**TINY, **params})  # __init__ accepts

@@ -20,10 +20,11 @@ the item that follows it. With ``H = hidden_size``, the parameters are
     ``H -> H -> H`` with a ReLU (as SASRec's);
 ``final_norm_weight``, ``final_norm_bias`` (H,)
     the layer norm of the last block's output, the hidden state ``h``;
-``output_weight`` (n_items, H) and ``output_bias`` (n_items,)
-    the output layer shared by all users, ``logits = h @ output_weight.T +
-    output_bias``, not tied to the item embeddings (so that an item added by
-    ``partial_fit`` can start with zero output weights).
+``output_bias`` (n_items,), and ``output_weight`` (n_items, H) unless tied
+    the output layer shared by all users, ``logits = h @ W.T +
+    output_bias``, where ``W`` (:meth:`SelfAttentionNetwork.output_matrix`)
+    is ``item_embedding`` with ``tie_weights`` (as SASRec), else
+    ``output_weight``.
 
 Dropout (training only) applies to the input vectors, to the attention
 weights and to each block's two residual branches (and inside the
@@ -60,6 +61,8 @@ class SelfAttentionNetwork(nn.Module):
         Slots of a window (rows of ``position_embedding``).
     user_embedding : bool, default=False
         Add a learned vector per user to the inputs.
+    tie_weights : bool, default=False
+        The output layer's weights are the item embeddings.
     dtype : torch.dtype, default=torch.float32
         Type of the parameters.
 
@@ -75,7 +78,7 @@ class SelfAttentionNetwork(nn.Module):
     """
 
     def __init__(self, n_users, n_items, hidden_size, n_blocks, n_heads, max_history,
-                 user_embedding=False, dtype=torch.float32):
+                 user_embedding=False, tie_weights=False, dtype=torch.float32):
         super().__init__()
         hidden_size = int(hidden_size)
         if hidden_size % int(n_heads):
@@ -86,6 +89,7 @@ class SelfAttentionNetwork(nn.Module):
         self.n_heads = int(n_heads)
         self.max_history = int(max_history)
         self.has_user_embedding = bool(user_embedding)
+        self.tie_weights = bool(tie_weights)
 
         def empty(*shape):
             return nn.Parameter(torch.empty(*shape, dtype=dtype))
@@ -98,10 +102,12 @@ class SelfAttentionNetwork(nn.Module):
         self.blocks = nn.ModuleList(_Block(hidden_size, dtype) for _ in range(n_blocks))
         self.final_norm_weight = empty(hidden_size)
         self.final_norm_bias = empty(hidden_size)
-        self.output_weight = empty(n_items, hidden_size)
+        if not self.tie_weights:
+            self.output_weight = empty(n_items, hidden_size)
         self.output_bias = empty(n_items)
-        self.row_indexed = {"item_embedding": "item", "output_weight": "item",
-                            "output_bias": "item"}
+        self.row_indexed = {"item_embedding": "item", "output_bias": "item"}
+        if not self.tie_weights:
+            self.row_indexed["output_weight"] = "item"
         if self.has_user_embedding:
             self.row_indexed["user_embedding"] = "user"
 
@@ -111,7 +117,12 @@ class SelfAttentionNetwork(nn.Module):
         return {"n_users": self.n_users, "n_items": self.item_embedding.shape[0],
                 "hidden_size": self.hidden_size, "n_blocks": len(self.blocks),
                 "n_heads": self.n_heads, "max_history": self.max_history,
-                "user_embedding": self.has_user_embedding}
+                "user_embedding": self.has_user_embedding,
+                "tie_weights": self.tie_weights}
+
+    def output_matrix(self):
+        """The output layer's weights (``output_weight``, or the item embeddings)."""
+        return self.item_embedding if self.tie_weights else self.output_weight
 
     def reset_parameters(self, generator=None):
         """Initial weights; returns the network.
@@ -130,7 +141,8 @@ class SelfAttentionNetwork(nn.Module):
         for block in self.blocks:
             drawn += [block.attention_weight, block.projection_weight,
                       block.expand_weight, block.contract_weight]
-        drawn.append(self.output_weight)
+        if not self.tie_weights:
+            drawn.append(self.output_weight)
         with torch.no_grad():
             for weight in drawn:
                 weight.copy_(torch.randn(weight.shape, generator=generator,
@@ -229,7 +241,8 @@ class _Block(nn.Module):
 
         self.attention_norm_weight = empty(hidden_size)
         self.attention_norm_bias = empty(hidden_size)
-        self.attention_weight = empty(3 * hidden_size, hidden_size)  # queries, keys, values
+        # queries, keys and values
+        self.attention_weight = empty(3 * hidden_size, hidden_size)
         self.attention_bias = empty(3 * hidden_size)
         self.projection_weight = empty(hidden_size, hidden_size)
         self.projection_bias = empty(hidden_size)

@@ -120,7 +120,7 @@ def query_hidden(network, context, groups, queries, dtype):
 
 @dataclass
 class WindowBatch:
-    """Training windows of one step: rows of :class:`TrainingWindows`, a dropout seed."""
+    """One step's windows (rows of :class:`TrainingWindows`) and dropout seed."""
 
     rows: np.ndarray
     seed: int
@@ -142,19 +142,25 @@ class TrainingWindows:
     width : int
         ``max_history``.
     device : torch.device
+    stride : int, optional
+        Tokens between the ends of consecutive windows of a user (see
+        :func:`~skcrnn._torch.batching.window_spans`): each window trains
+        its last ``stride`` slots, the slots before being context. By
+        default ``width``: windows do not overlap.
     """
 
-    def __init__(self, context, first, stop, lower, width, device):
-        groups, begin, end = window_spans(first, stop, width, lower)
+    def __init__(self, context, first, stop, lower, width, device, stride=None):
+        groups, begin, end, covered = window_spans(first, stop, width, lower, stride)
         self.device = device
         self.lengths = end - begin
-        self.first_slot = np.maximum(np.asarray(first)[groups] - begin, 0)
+        self.first_slot = covered - begin
         self.n_events = self.lengths - self.first_slot
         self.tokens = torch.as_tensor(
             gather_windows(context, groups, begin, end, offset=-1, fill=START),
             device=device)
         self.targets = torch.as_tensor(
-            gather_windows(context, groups, begin, end, offset=0, fill=0), device=device)
+            gather_windows(context, groups, begin, end, offset=0, fill=0),
+            device=device)
         self.users = torch.as_tensor(context.user_codes[groups], device=device)
 
     def __len__(self):
@@ -196,13 +202,13 @@ class TrainingWindows:
         trained = torch.as_tensor(_trained_slots(self.first_slot[batch.rows], lengths,
                                                  n_slots), device=self.device)
         nll = summed_cross_entropy(
-            states.flatten(0, 1).index_select(0, trained), network.output_weight,
+            states.flatten(0, 1).index_select(0, trained), network.output_matrix(),
             network.output_bias, targets.flatten().index_select(0, trained))
         yield Step(nll / max(len(trained), 1), nll.detach(), len(trained), rows.touched)
 
 
 def _trained_slots(first, lengths, n_slots):
-    """Flat indices of slots ``first[r] <= c < lengths[r]`` of a ``(rows, n_slots)`` matrix."""
+    """Flat indices of slots ``first[r] <= c < lengths[r]`` of ``(rows, n_slots)``."""
     counts = lengths - first
     offsets = np.repeat(np.arange(len(counts)) * n_slots + first - np.cumsum(counts)
                         + counts, counts)

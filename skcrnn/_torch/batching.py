@@ -203,16 +203,19 @@ def make_batches(sequences, batch_size, device, event_values=None):
     return batches
 
 
-def window_spans(first, stop, width, lower=0):
-    """Windows of at most ``width`` positions that cover ``[first, stop)`` of each group.
+def window_spans(first, stop, width, lower=0, stride=None):
+    """Windows of at most ``width`` positions whose ends cover ``[first, stop)``.
 
     The windows of group ``g`` are cut from its end: they end at ``stop[g]``,
-    ``stop[g] - width``, ``stop[g] - 2 * width``, ... and each starts
+    ``stop[g] - stride``, ``stop[g] - 2 * stride``, ... and each starts
     ``width`` positions before its end, or at ``lower[g]``, whichever is
-    later; only the windows that end after ``first[g]`` are kept. So every
-    position of ``[first, stop)`` is in exactly one window, the latest
-    positions (a user's most recent events) in full windows, and a window
-    may start before ``first`` (positions that are context, not trained).
+    later; only the windows that end after ``first[g]`` are kept. Window
+    ``j`` *covers* its positions from ``covered[j] = max(end[j] - stride,
+    first[g])`` on; those before are context. So every position of ``[first,
+    stop)`` is covered by exactly one window, the latest positions (a
+    user's most recent events) by full windows, and with ``stride <
+    width`` every covered position has at least ``width - stride`` positions
+    of context before it in its window (or all of them, from ``lower``).
 
     Parameters
     ----------
@@ -222,23 +225,29 @@ def window_spans(first, stop, width, lower=0):
         The longest window.
     lower : int or ndarray of int, default=0
         The first position a window may hold, per group.
+    stride : int, optional
+        Distance between the ends of consecutive windows, in ``[1,
+        width]``; by default ``width`` (windows that do not overlap).
 
     Returns
     -------
-    groups, begin, end : ndarray of int64
+    groups, begin, end, covered : ndarray of int64
         One entry per window, groups in increasing order and, inside a
         group, windows from the last to the first: window ``j`` holds
-        positions ``begin[j] <= p < end[j]`` of group ``groups[j]``.
+        positions ``begin[j] <= p < end[j]`` of group ``groups[j]`` and
+        covers those from ``covered[j]`` on.
     """
+    stride = width if stride is None else stride
     first = np.asarray(first, dtype=np.int64)
     stop = np.asarray(stop, dtype=np.int64)
     lower = np.broadcast_to(np.asarray(lower, dtype=np.int64), stop.shape)
-    counts = -(-np.maximum(stop - first, 0) // width)
+    counts = -(-np.maximum(stop - first, 0) // stride)
     groups = np.repeat(np.arange(len(stop)), counts)
     back = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    end = stop[groups] - back * width
+    end = stop[groups] - back * stride
     begin = np.maximum(end - width, lower[groups])
-    return groups, begin, end
+    covered = np.maximum(end - stride, first[groups])
+    return groups, begin, end, covered
 
 
 def gather_windows(sequences, groups, begin, end, offset=0, fill=-1):
