@@ -360,3 +360,46 @@ def test_default_rank_is_four_at_most_hidden_size(old_events):
     assert fitted(old_events).network_.rank == 4
     assert fitted(old_events, hidden_size=3).network_.rank == 3
     assert fitted(old_events, hidden_size=8, max_epochs=1).network_.rank == 4
+
+
+# ------------------------------------------------------------ memory model
+@pytest.mark.parametrize("options", [
+    dict(), dict(cell="tanh"), dict(recurrent_weights="shared"),
+    dict(deviation_penalty=0.5), dict(recurrent_weights="low_rank"),
+    dict(recurrent_weights="low_rank", rank=3, cell="tanh")])
+def test_memory_model_counts_the_networks_parameters_and_statistics(options):
+    from skcrnn._rnn.memory import FLOAT, parameter_count, training_memory
+    model = CollaborativeGRURecommender(hidden_size=5, **options)
+    model.n_users_, model.n_items_ = 7, 11
+    network = model._new_network()
+    counts = parameter_count(7, 11, 5, **options)
+    assert counts["total"] == sum(p.numel() for p in network.parameters())
+    per_user = sum(network.get_parameter(name).numel() for name, kind
+                   in network.row_indexed.items() if kind == "user")
+    assert counts["users"] == per_user
+    assert counts["items"] == sum(network.get_parameter(name).numel() for name, kind
+                                  in network.row_indexed.items() if kind == "item")
+    for name, factor in (("rmsprop", 1), ("adam", 2)):
+        optimizer = Optimizer(network, name, 0.01, 0.9, 1e-8)
+        statistics = sum(tensor.numel() for state in optimizer.state.values()
+                         for key, tensor in state.items() if key != "step")
+        assert statistics == factor * counts["total"]
+        memory = training_memory(7, 11, 100, hidden_size=5, optimizer=name, **options)
+        assert memory["parameters"] == FLOAT * counts["total"]
+        assert memory["optimizer"] == FLOAT * statistics
+        assert memory["total"] == sum(value for key, value in memory.items()
+                                      if key != "total")
+
+
+def test_memory_model_orders_the_variants():
+    """At scale the per-user matrices dominate; low rank and sampling cut them."""
+    from skcrnn._rnn.memory import training_memory
+    sizes = (10 ** 5, 5 * 10 ** 4, 2 * 10 ** 6)
+    dense = training_memory(*sizes, hidden_size=64)["total"]
+    low = training_memory(*sizes, hidden_size=64, recurrent_weights="low_rank",
+                          rank=8)["total"]
+    sampled = training_memory(*sizes, hidden_size=64, recurrent_weights="low_rank",
+                              rank=8, loss="sampled")["total"]
+    no_refit = training_memory(*sizes, hidden_size=64, refit=False)["total"]
+    assert sampled < low < dense / 3
+    assert no_refit < dense

@@ -19,7 +19,6 @@ import skcrnn._rnn.tbptt as tbptt
 from skcrnn import CollaborativeGRURecommender
 from skcrnn._rnn.network import CollaborativeRNN
 from skcrnn._rnn.tbptt import chunk_losses
-from skcrnn._rnn.weights import compose_low_rank
 from skcrnn._torch.batching import make_batches
 from skcrnn._torch.checkpoint import FILENAME
 

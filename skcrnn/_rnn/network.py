@@ -139,7 +139,7 @@ class CollaborativeRNN(nn.Module):
             for weight in (self.item_input, self.recurrent, self.output_weight):
                 draw = torch.randn(weight.shape, generator=generator,
                                    dtype=weight.dtype)
-                weight.copy_(draw * std)
+                weight.copy_(draw.mul_(std))  # in place: one temporary, not two
             self.output_bias.zero_()
             self.weights.reset(self, generator, std)
             if self.copy_history:

@@ -65,7 +65,7 @@ class PerUser:
         return network.recurrent.shape[0]
 
     def reset(self, network, generator, std):
-        """Initialize the parameters of :meth:`extra_shapes` (``recurrent`` is drawn by the network)."""
+        """Initialize the :meth:`extra_shapes` parameters (the network draws ``recurrent``)."""
 
     def for_step(self, network, users, rows):
         """A training step's matrices of ``users`` (distinct, known).
@@ -217,7 +217,7 @@ class LowRank(PerUser):
         network.low_rank_left.zero_()
         draw = torch.randn(network.low_rank_right.shape, generator=generator,
                            dtype=network.low_rank_right.dtype)
-        network.low_rank_right.copy_(draw * std)
+        network.low_rank_right.copy_(draw.mul_(std))
 
     def for_step(self, network, users, rows):
         left = rows.read("low_rank_left", network.low_rank_left, users)
