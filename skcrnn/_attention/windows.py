@@ -78,6 +78,7 @@ def with_history(history, user_codes, history_lengths, width, sequences):
     return context, tails, (history_lengths > width).astype(np.int64)
 
 
+@torch.no_grad()
 def query_hidden(network, context, groups, queries, dtype):
     """The hidden state that predicts the item after token ``queries[j]`` of a group.
 
