@@ -114,6 +114,9 @@ class Cluster:
                 f"process probably died or stopped answering (timeout "
                 f"{self.timeout:g} s). {type(error).__name__}: {error}") from error
 
+    def barrier(self):
+        self._collective("waiting for the other processes", dist.barrier)
+
     def all_gather_object(self, value):
         gathered = [None] * self.world_size
         self._collective("exchanging values", dist.all_gather_object, gathered, value)
@@ -328,18 +331,40 @@ def fit_distributed(estimator, X, *, backend=None, timeout=DEFAULT_TIMEOUT):
         raise ValueError("checkpoint_dir is not supported by fit_distributed; "
                          "set checkpoint_dir=None.")
     device = resolve_device(estimator.device)
+    owns_group = not dist.is_initialized()
     cluster = environment_cluster(backend, device, timeout)
     if device.type == "cuda" and device.index is None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         estimator = estimator.set_params(device=f"cuda:{local_rank}")
     token = _CURRENT.set(cluster)
+    finished = False
     try:
         estimator.fit(X)
+        finished = True
     except NotRankZero:
+        finished = True
         return None
     finally:
         _CURRENT.reset(token)
+        if owns_group:
+            _close_group(cluster, wait_for_others=finished)
     return estimator
+
+
+def _close_group(cluster, wait_for_others):
+    """Destroy the process group that :func:`fit_distributed` started.
+
+    A gloo group left to the interpreter's exit can abort the process
+    ("terminate called without an active exception"), so it is closed here.
+    After a successful fit, the ranks first meet at a barrier, so that no
+    rank tears its connections down while another still reads from them;
+    after a failure the others may never arrive, so there is no barrier.
+    """
+    try:
+        if wait_for_others:
+            cluster.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 class Shard:
