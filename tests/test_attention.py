@@ -193,12 +193,14 @@ def test_a_later_item_does_not_change_earlier_predictions(fitted, split):
     before, after = fitted.score_samples(frame), fitted.score_samples(changed)
     earlier = frame.index != last
     np.testing.assert_array_equal(after[earlier], before[earlier])
-    # in the network itself: the slots before a changed token are exactly equal
+    # in the network itself: the slots before a changed token are exactly
+    # equal (one window per call: rows at different places of one batch may
+    # go through different BLAS kernels, which round differently)
     network = fitted.network_
-    tokens = torch.tensor([[-1, 2, 5], [-1, 2, 6]])
-    states = network.hidden_states(tokens, dtype=torch.float64)
-    assert torch.equal(states[0, :2], states[1, :2])
-    assert not torch.allclose(states[0, 2], states[1, 2])
+    first, second = (network.hidden_states(torch.tensor([tokens]), dtype=torch.float64)[0]
+                     for tokens in ([-1, 2, 5], [-1, 2, 6]))
+    assert torch.equal(first[:2], second[:2])
+    assert not torch.allclose(first[2], second[2])
 
 
 def test_scoring_is_deterministic_and_independent_of_the_batch(fitted, split):
