@@ -23,6 +23,11 @@ Configurations (``--configs``):
 ``low-rank-sampled`` ``recurrent_weights="low_rank"``, ``loss="sampled"``, once
                     per number of negatives of ``--negatives`` (``128,512``:
                     ``low-rank-sampled-128`` and ``low-rank-sampled-512``).
+``low-rank-sampled-gloo2``  the same on 2 processes launched by ``torchrun``
+                    (:func:`skcrnn.fit_distributed`, gloo), each with
+                    ``--threads`` threads and half of the users; one row per
+                    number of negatives (``low-rank-sampled-gloo2-128``).
+                    Its peak RSS is the sum over both processes.
 
 A configuration whose predicted memory exceeds what this machine has
 available is not run: the script prints the memory it would need.
@@ -31,6 +36,7 @@ users fit in 16 GB and in 80 GB of GPU memory" for a few catalogues. Check a sma
 
     nice python benchmarks/scale.py --users 2000 --items 5000 --events 60000
     nice python benchmarks/scale.py --negatives 128,512   # the issue's size
+    nice python benchmarks/scale.py --configs low-rank-sampled,low-rank-sampled-gloo2
     python benchmarks/scale.py --memory-table
 """
 
@@ -51,14 +57,17 @@ CONFIGS = {
     "dense-full": dict(recurrent_weights="per_user"),
     "low-rank-full": dict(recurrent_weights="low_rank"),
     "low-rank-sampled": dict(recurrent_weights="low_rank", loss="sampled"),
+    "low-rank-sampled-gloo2": dict(recurrent_weights="low_rank", loss="sampled"),
 }
+#: Processes of the configurations launched by torchrun.
+PROCESSES = {"low-rank-sampled-gloo2": 2}
 
 
 def expand(configs, negatives):
     """Configuration names, ``low-rank-sampled`` once per number of negatives."""
     names = []
     for name in configs.split(","):
-        if name == "low-rank-sampled":
+        if name.startswith("low-rank-sampled"):
             names += [f"{name}-{n}" for n in negatives.split(",")]
         else:
             names.append(name)
@@ -66,7 +75,8 @@ def expand(configs, negatives):
 
 
 def base_name(name):
-    return "low-rank-sampled" if name.startswith("low-rank-sampled") else name
+    """The configuration of an expanded name: its number of negatives dropped."""
+    return name.rsplit("-", 1)[0] if name.startswith("low-rank-sampled") else name
 
 
 def parse_args(argv=None):
@@ -82,6 +92,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--port", type=int, default=29531,
+                        help="rendezvous port of the torchrun configurations")
     parser.add_argument("--memory-table", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -135,9 +147,17 @@ def run_one(args):
     before = resident_bytes()
     model = CollaborativeGRURecommender(**params_of(args.one, args))
     started = time.perf_counter()
-    model.fit(frames["train"])
+    if "WORLD_SIZE" in os.environ:  # launched by torchrun
+        from skcrnn import fit_distributed
+        model = fit_distributed(model, frames["train"])
+    else:
+        model.fit(frames["train"])
     fit_seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if model is None:  # a rank other than 0: its memory only
+        print(json.dumps({"rank": int(os.environ["RANK"]), "peak_bytes": peak,
+                          "before_fit_bytes": before}))
+        return
     started = time.perf_counter()
     error = sequence_nll(model, frames["test"])
     print(json.dumps({
@@ -170,6 +190,18 @@ def make_data(args, directory):
     return path, len(train)
 
 
+def combined(lines):
+    """One result from the JSON lines of a run's processes (one per process).
+
+    Rank 0's line has the figures; the memory is summed over processes.
+    """
+    result = next(line for line in lines if "config" in line)
+    result["processes"] = len(lines)
+    for key in ("peak_bytes", "before_fit_bytes"):
+        result[key] = sum(line[key] for line in lines)
+    return result
+
+
 def gib(n_bytes):
     return n_bytes / 2 ** 30
 
@@ -199,13 +231,20 @@ def main(argv=None):
                 results.append({"config": name, "predicted": memory})
                 continue
             command = [sys.executable, __file__, "--one", name, "--data", str(data)]
+            processes = PROCESSES.get(base_name(name), 1)
+            if processes > 1:
+                command[1:1] = ["-m", "torch.distributed.run",
+                                f"--nproc_per_node={processes}",
+                                "--master_addr=127.0.0.1",
+                                f"--master_port={args.port}"]
             command += [f"--{key}={getattr(args, key)}" for key in
                         ("users", "items", "events", "hidden", "rank", "negatives",
                          "epochs", "threads", "seed")]
             started = time.perf_counter()
             output = subprocess.run(command, check=True, capture_output=True,
                                     text=True).stdout
-            result = json.loads(output.strip().splitlines()[-1])
+            result = combined([json.loads(line) for line in output.splitlines()
+                               if line.startswith("{")])
             result["predicted"] = memory
             result["wall_seconds"] = time.perf_counter() - started
             results.append(result)
@@ -232,14 +271,19 @@ def print_table(results):
               f"{model:.2f} | {result['error']:.4f} |")
     ran = {r["config"]: r for r in results if "epochs" in r}
     for name, result in ran.items():
-        if "low-rank-full" not in ran or not name.startswith("low-rank-sampled"):
+        if not name.startswith("low-rank-sampled"):
             continue
-        full = ran["low-rank-full"]
-        speed = (np.mean(result["events_per_second"])
-                 / np.mean(full["events_per_second"]))
-        gap = result["error"] - full["error"]
-        print(f"{name}: {speed:.1f}x the events/s of low-rank-full, error "
-              f"{gap:+.4f} nats from it at equal epochs")
+        references = ["low-rank-full"]
+        if "gloo" in name:  # also against its one-process twin
+            references.append(name.replace("-gloo2", ""))
+        for reference in references:
+            if reference not in ran:
+                continue
+            speed = (np.mean(result["events_per_second"])
+                     / np.mean(ran[reference]["events_per_second"]))
+            gap = result["error"] - ran[reference]["error"]
+            print(f"{name}: {speed:.1f}x the events/s of {reference}, error "
+                  f"{gap:+.4f} nats from it at equal epochs")
 
 
 def most_users(memory, budget, **options):

@@ -165,6 +165,13 @@ class Cluster:
         then moves the same rows' statistics. A parameter no rank has a
         gradient for keeps none.
 
+        Two collective sums: first which rows each rank read (one flag per
+        row of each lazily read parameter) and what kind of gradient each
+        parameter has; then the dense gradients and the gradients of the
+        union's rows only. A step of the sampled softmax reads a few hundred
+        of a large catalogue's rows, so the second sum carries those rows,
+        not the whole item tables.
+
         Parameters
         ----------
         parameters : list of (str, Parameter)
@@ -181,41 +188,52 @@ class Cluster:
             Whether any rank took a step; when not, nothing was changed.
         """
         reference = parameters[0][1]
-        pieces, flags = [], [float(took_step)]
+        # a flag per row of every parameter with rows (the same on every rank)
+        with_rows = [name for name, param in parameters if param.dim() >= 1]
+        masks, flags = [], [float(took_step)]
         for name, param in parameters:
-            dense = param.grad
-            mask = None
-            if name in touched:
-                rows, leaf = touched[name]
-                dense = torch.zeros_like(param)
+            if name in with_rows:
                 mask = reference.new_zeros(param.shape[0])
-                if leaf.grad is not None:
-                    dense.index_add_(0, rows, leaf.grad)
-                mask[rows] = 1.0
-            pieces.append(torch.zeros_like(param) if dense is None else dense)
-            pieces.append(reference.new_zeros(param.shape[0]) if mask is None else mask)
-            flags += [float(param.grad is not None), float(mask is not None)]
-        flat = torch.cat([piece.reshape(-1) for piece in pieces]
-                         + [torch.tensor(flags, dtype=reference.dtype,
-                                         device=reference.device)])
-        self._collective("summing the gradients", dist.all_reduce, flat)
-        summed_flags = flat[-len(flags):].tolist()
+                if name in touched:
+                    mask[touched[name][0]] = 1.0
+                masks.append(mask)
+            flags += [float(param.grad is not None), float(name in touched)]
+        head = torch.cat(masks + [torch.tensor(flags, dtype=reference.dtype,
+                                               device=reference.device)])
+        self._collective("exchanging the rows read", dist.all_reduce, head)
+        summed_flags = head[len(head) - len(flags):].tolist()
         if summed_flags[0] == 0:
             return False
-        offset = 0
+        union, offset = {}, 0
         for index, (name, param) in enumerate(parameters):
-            size, n_rows = param.numel(), param.shape[0]
-            dense = flat[offset:offset + size].view_as(param)
-            mask = flat[offset + size:offset + size + n_rows]
-            offset += size + n_rows
+            if name not in with_rows:
+                continue
+            if summed_flags[2 + 2 * index]:  # some rank read rows of it
+                union[name] = torch.nonzero(head[offset:offset + param.shape[0]]).flatten()
+            offset += param.shape[0]
+        pieces = []
+        for name, param in parameters:
+            if name in union:
+                piece = param.new_zeros((len(union[name]),) + param.shape[1:])
+                if name in touched and touched[name][1].grad is not None:
+                    rows, leaf = touched[name]
+                    piece.index_add_(0, torch.searchsorted(union[name], rows), leaf.grad)
+            else:
+                piece = torch.zeros_like(param) if param.grad is None else param.grad
+            pieces.append(piece)
+        flat = torch.cat([piece.reshape(-1) for piece in pieces])
+        self._collective("summing the gradients", dist.all_reduce, flat)
+        offset = 0
+        for index, ((name, param), piece) in enumerate(zip(parameters, pieces)):
+            summed = flat[offset:offset + piece.numel()].view_as(piece)
+            offset += piece.numel()
             has_dense, has_rows = summed_flags[1 + 2 * index:3 + 2 * index]
             param.grad = None
             touched.pop(name, None)
             if has_rows:
-                rows = torch.nonzero(mask).flatten()
-                touched[name] = (rows, _Gradient(dense.index_select(0, rows)))
+                touched[name] = (union[name], _Gradient(summed.clone()))
             elif has_dense:
-                param.grad = dense.clone()
+                param.grad = summed.clone()
         return True
 
 
