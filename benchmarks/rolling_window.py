@@ -15,6 +15,11 @@ within 0.1 nats of A, at most a fifth of A's time.
     python benchmarks/rolling_window.py foursquare --model bigram
     python benchmarks/rolling_window.py foursquare --partial-epochs 10
     python benchmarks/rolling_window.py foursquare --copy-decay 0.97
+    python benchmarks/rolling_window.py foursquare --copy-decay 0.97 --replay-epochs 4
+
+``--replay-epochs R``: each ``partial_fit`` call, after its pass over the new
+slice, also trains ``R`` epochs over every stored history (rehearsal,
+``replay_epochs``), so that the model does not forget the old slices.
 """
 
 import argparse
@@ -57,6 +62,7 @@ def model_for(name, args):
                                                    copy_decay=args.copy_decay)
     return CollaborativeGRURecommender(**PAPER_BRIGHTKITE, max_epochs=args.max_epochs,
                                        partial_epochs=args.partial_epochs,
+                                       replay_epochs=args.replay_epochs,
                                        device="cpu", n_jobs=args.threads,
                                        random_state=args.seed, **copy)
 
@@ -76,6 +82,9 @@ def main():
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--partial-epochs", type=int, default=1,
                         help="the recurrent model's passes over each new slice")
+    parser.add_argument("--replay-epochs", type=int, default=0,
+                        help="the recurrent model's passes over every stored "
+                             "history in each partial_fit call")
     parser.add_argument("--copy-decay", type=float, default=None,
                         help="the recurrent model with copy_history=True and "
                              "this copy_decay")

@@ -349,6 +349,31 @@ def test_partial_fit_trains_on_the_new_events_only(split, monkeypatch):
     assert sorted(seen) == sorted(codes)
 
 
+def test_replay_trains_on_every_stored_event_once_per_epoch(split, monkeypatch):
+    """replay_epochs=2 after the pass over the new events: each replay epoch
+    trains every stored event, old and new, once (as fit's epochs do)."""
+    train, _ = split
+    model = SelfAttentionRecommender(**TINY, replay_epochs=2).fit(train)
+    seen = []
+    original = attention_windows.TrainingWindows.steps
+
+    def recording(self, network, batch, dropout):
+        for row in batch.rows:
+            trained = slice(self.first_slot[row], self.lengths[row])
+            seen.extend(self.targets[row, trained].tolist())
+        return original(self, network, batch, dropout)
+
+    monkeypatch.setattr(attention_windows.TrainingWindows, "steps", recording)
+    more = later(train, [(100, "i1"), (101, "i2"), (100, "i3")])
+    model.partial_fit(more)
+    codes = pd.Index(model.classes_).get_indexer
+    new = codes(more["item"]).tolist()
+    stored = codes(pd.concat([train, more])["item"]).tolist()
+    assert sorted(seen) == sorted(new + 2 * stored)
+    (entry,) = model.partial_history_
+    assert len(entry["epochs"]) == 1 and len(entry["replay_epochs"]) == 2
+
+
 # -------------------------------------------------------------- persistence
 def test_save_load_round_trip_and_partial_fit_after_it(split, tmp_path):
     train, test = split

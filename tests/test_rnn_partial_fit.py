@@ -255,6 +255,61 @@ def test_final_states_advance_from_the_cached_states_with_the_new_weights(old_ev
     assert torch.equal(model.final_states_[untouched], before.final_states_[untouched])
 
 
+def strangers(frame):
+    """``frame`` with its users renamed to ones no model knows."""
+    return frame.assign(user="stranger-" + frame["user"].astype(str))
+
+
+def test_replay_trains_on_every_stored_history_from_its_start(old_events):
+    """P-GRU (one set of weights, so a stranger is scored like a user from its
+    start), one step per epoch: the replay epoch's loss is the mean NLL of
+    every stored event, old and new, scored from the start of each history
+    with the weights before the step."""
+    model = fitted(old_events, recurrent_weights="shared", batch_size=10,
+                   chunk_size=64, partial_epochs=0, replay_epochs=1)
+    new = later(old_events, [(100, "i1"), (101, "i2"), (100, "i3")])
+    everything = pd.concat([old_events, new], ignore_index=True)
+    with pytest.warns(UserWarning, match="unknown to the model"):
+        expected = -model.score_samples(strangers(everything)).mean()
+    model.partial_fit(new)
+    (entry,) = model.partial_history_
+    assert entry["epochs"] == []
+    (epoch,) = entry["replay_epochs"]
+    np.testing.assert_allclose(epoch["train_loss"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["P-GRU", "copy"])
+def test_replay_recomputes_every_users_state_with_the_new_weights(old_events,
+                                                                   variant):
+    """After a replay every user's cached state (and copy weights) is the one
+    the new weights give over the whole history, also for a user without new
+    events: scoring from the cache equals scoring a stranger with the same
+    history from its start."""
+    params = ({"recurrent_weights": "shared"} if variant == "P-GRU" else
+              {"recurrent_weights": "shared", "copy_history": True, "copy_decay": 0.9})
+    model = fitted(old_events, replay_epochs=1, **params)
+    before = copy.deepcopy(model.network_)
+    model.partial_fit(new_events(old_events))
+    assert not torch.equal(model.network_.item_input[:len(before.item_input)],
+                           before.item_input)
+    after = later(new_events(old_events), [(102, "i2"), (100, "new1"), (102, "i0")])
+    stored = pd.concat([old_events, new_events(old_events)], ignore_index=True)
+    for user in (100, 102):
+        rows = after[after["user"] == user]
+        history = stored[stored["user"] == user]
+        with pytest.warns(UserWarning, match="unknown to the model"):
+            expected = model.score_samples(strangers(pd.concat([history, rows])))
+        np.testing.assert_allclose(model.score_samples(rows), expected[len(history):],
+                                   rtol=1e-10)
+
+
+def test_replay_epochs_is_validated(old_events):
+    model = fitted(old_events)
+    for bad in (-1, 1.5, "2"):
+        with pytest.raises(InvalidParameterError, match="replay_epochs"):
+            model.set_params(replay_epochs=bad).partial_fit(new_events(old_events))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_predict_proba_sums_to_one_over_the_grown_classes(old_events, variant):
     model = fitted(old_events, **VARIANTS[variant]).partial_fit(new_events(old_events))
@@ -359,9 +414,12 @@ def test_thread_count_is_restored(old_events, monkeypatch):
 
 # -------------------------------------------------------------- persistence
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_save_load_between_calls_gives_the_same_model(old_events, tmp_path, variant):
+@pytest.mark.parametrize("replay_epochs", [0, 1])
+def test_save_load_between_calls_gives_the_same_model(old_events, tmp_path, variant,
+                                                      replay_epochs):
     # batches of two users: each call's batch order matters
-    model = fitted(old_events, batch_size=2, **VARIANTS[variant])
+    model = fitted(old_events, batch_size=2, replay_epochs=replay_epochs,
+                   **VARIANTS[variant])
     first, second = new_events(old_events), later(new_events(old_events),
                                                   [(100, "i0"), (997, "new3")])
     for step, events in enumerate([first, second]):

@@ -125,6 +125,13 @@ class SelfAttentionRecommender(TorchRecommender):
         Passes over the new events in each :meth:`partial_fit` call on a
         fitted model; ``0`` only grows the network for the new users and
         items. ``fit`` ignores it.
+    replay_epochs : int, default=0
+        Passes over every stored history (as ``fit`` trains them) after the
+        ``partial_epochs`` passes of each :meth:`partial_fit` call on a
+        fitted model: rehearsal of the old events, so that learning the new
+        ones does not forget them. A call then costs ``replay_epochs``
+        epochs of ``fit``; ``0`` trains on the new events only. ``fit``
+        ignores it.
     device : str, default="auto"
         Torch device of training and scoring: ``"auto"`` (CUDA when
         available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
@@ -192,7 +199,9 @@ class SelfAttentionRecommender(TorchRecommender):
     ``partial_epochs`` passes train on the new events only, each predicted
     from its window of the user's history (the earlier events are context,
     not trained on), with the optimizer continuing from
-    ``optimizer_state_``; no validation, early stopping or checkpoint.
+    ``optimizer_state_``; no validation, early stopping or checkpoint. Then
+    ``replay_epochs`` passes train on every stored history, old and new
+    events, as ``fit`` does.
 
     Scoring runs in double precision from the float32 weights, without
     dropout: a row's log-probability does not depend on the other rows of
@@ -228,7 +237,7 @@ class SelfAttentionRecommender(TorchRecommender):
                  tie_weights=True, train_stride=None,
                  optimizer="adam", rho=0.997, epsilon=1e-8, batch_size=64,
                  max_epochs=50, validation_fraction=0.1, n_iter_no_change=3,
-                 refit=True, partial_epochs=1, device="auto", n_jobs=None,
+                 refit=True, partial_epochs=1, replay_epochs=0, device="auto", n_jobs=None,
                  random_state=None, verbose=0, checkpoint_dir=None, user_col="user",
                  item_col="item", time_col="timestamp", handle_unknown="ignore"):
         self.hidden_size = hidden_size
@@ -249,6 +258,7 @@ class SelfAttentionRecommender(TorchRecommender):
         self.n_iter_no_change = n_iter_no_change
         self.refit = refit
         self.partial_epochs = partial_epochs
+        self.replay_epochs = replay_epochs
         self.device = device
         self.n_jobs = n_jobs
         self.random_state = random_state

@@ -153,6 +153,15 @@ class CollaborativeGRURecommender(TorchRecommender):
         fitted model; ``0`` only grows the network for the new users and
         items and follows the events, without learning from them. ``fit``
         ignores it.
+    replay_epochs : int, default=0
+        Passes over every stored history (each from its start, as ``fit``
+        trains, within ``max_train_chunks``) after the ``partial_epochs``
+        passes of each :meth:`partial_fit` call on a fitted model: rehearsal
+        of the old events, so that learning the new ones does not forget
+        them. Every user's cached state is then recomputed with the new
+        weights. A call costs ``replay_epochs`` epochs of ``fit`` on all the
+        events; ``0`` (the default) trains on the new events only. ``fit``
+        ignores it.
     max_train_chunks : int or None, default=None
         Train on at most this many chunks of each user's latest training
         events (the paper's Last.fm setting; in :meth:`partial_fit`, of the
@@ -274,13 +283,16 @@ class CollaborativeGRURecommender(TorchRecommender):
       and it trains on ``device_``. The batch order is drawn from a
       generator seeded by ``random_state`` and the call's number, so that
       with an int ``random_state`` on the CPU the same calls give the same
-      model, with or without a save and load between them.
+      model, with or without a save and load between them. Then
+      ``replay_epochs`` passes over every stored history, old and new
+      events, as ``fit`` trains them (from each user's initial state).
     - *States.* Each user with new events has its cached state advanced
       over them with the new weights, from its previous cached state, not
       recomputed over its whole history: a call costs what its new events
       do however long the histories grow, and the state continues the one
       that training started from. Other users keep theirs; ``fit`` on all
-      events recomputes everything.
+      events recomputes everything, and so does a call with
+      ``replay_epochs > 0``.
 
     **Low-rank per-user weights.** With ``recurrent_weights="low_rank"``
     each user's recurrent matrix is, per gate block (the GRU's update,
@@ -414,7 +426,7 @@ class CollaborativeGRURecommender(TorchRecommender):
                  candidate_activation="sigmoid",
                  optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
-                 n_iter_no_change=3, refit=True, partial_epochs=1,
+                 n_iter_no_change=3, refit=True, partial_epochs=1, replay_epochs=0,
                  max_train_chunks=None, initial_state=0.0, copy_history=False,
                  copy_decay=1.0, device="auto",
                  n_jobs=None, random_state=None, verbose=0,
@@ -441,6 +453,7 @@ class CollaborativeGRURecommender(TorchRecommender):
         self.n_iter_no_change = n_iter_no_change
         self.refit = refit
         self.partial_epochs = partial_epochs
+        self.replay_epochs = replay_epochs
         self.max_train_chunks = max_train_chunks
         self.initial_state = initial_state
         self.copy_history = copy_history

@@ -72,7 +72,7 @@ from .runtime import cpu_threads, draw_seeds, resolve_device, usable_device
 #: rounding).
 NOT_IN_FINGERPRINT = frozenset({"verbose", "device", "n_jobs", "checkpoint_dir",
                                 "user_col", "item_col", "time_col",
-                                "handle_unknown", "partial_epochs"})
+                                "handle_unknown", "partial_epochs", "replay_epochs"})
 
 
 class TorchRecommender(BaseRecommender):
@@ -95,6 +95,7 @@ class TorchRecommender(BaseRecommender):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "refit": ["boolean"],
         "partial_epochs": [Interval(Integral, 0, None, closed="left")],
+        "replay_epochs": [Interval(Integral, 0, None, closed="left")],
         "device": [str],
         "n_jobs": [None, Integral],
         "random_state": ["random_state"],
@@ -336,17 +337,28 @@ class TorchRecommender(BaseRecommender):
         objects: the old network's tensors are never changed.
         """
         device = torch.device(self.device_)
+        rng = self._partial_rng()
         with cpu_threads(self.n_jobs):
             network, optimizer_state = self._grown(len(previous_history.items))
-            epochs, _, self.optimizer_state_ = self._run_epochs(
+            epochs, _, optimizer_state = self._run_epochs(
                 network, continuation, continuation.lengths, self.partial_epochs,
-                self._partial_rng(), device, optimizer_state=optimizer_state,
-                continuation=True)
+                rng, device, optimizer_state=optimizer_state, continuation=True)
+            replayed = []
+            if self.replay_epochs:
+                # every stored history, from its start, as fit trains them
+                history = self._history
+                replayed, _, optimizer_state = self._run_epochs(
+                    network, history, history.lengths, self.replay_epochs, rng,
+                    device, optimizer_state=optimizer_state)
+            self.optimizer_state_ = optimizer_state
             self.network_ = _frozen(network)
-            self._append_events(continuation)
+            if replayed:  # every user's weights moved: recompute every cache
+                self._after_fit(self._history)
+            else:
+                self._append_events(continuation)
         self.partial_history_ = [*self.partial_history_, {
             "n_events": len(continuation.items), "n_users": continuation.n_groups,
-            "epochs": epochs}]
+            "epochs": epochs, "replay_epochs": replayed}]
 
     def _grown(self, n_seen):
         """A copy of ``network_`` at the grown vocabularies, and its optimizer state.
