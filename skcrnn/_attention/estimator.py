@@ -132,6 +132,15 @@ class SelfAttentionRecommender(TorchRecommender):
         ones does not forget them. A call then costs ``replay_epochs``
         epochs of ``fit``; ``0`` trains on the new events only. ``fit``
         ignores it.
+    repeat_bias : float, default=0.0
+        Added, when scoring, to the logit of every item the user has already
+        had (stored events, and the scored events before the predicted one),
+        the distribution normalised again: ``p'(i)`` is ``p(i) exp(b)`` for a
+        seen item and ``p(i)`` for another, over their sum. A negative value
+        moves probability to new items (ratings logs, where no one rates an
+        item twice), a positive one to repeats. Training is unchanged, so a
+        fitted model can be tuned with ``set_params(repeat_bias=...)``
+        without a refit (see :doc:`/tuning`). ``0`` is the model as trained.
     device : str, default="auto"
         Torch device of training and scoring: ``"auto"`` (CUDA when
         available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
@@ -237,7 +246,8 @@ class SelfAttentionRecommender(TorchRecommender):
                  tie_weights=True, train_stride=None,
                  optimizer="adam", rho=0.997, epsilon=1e-8, batch_size=64,
                  max_epochs=50, validation_fraction=0.1, n_iter_no_change=3,
-                 refit=True, partial_epochs=1, replay_epochs=0, device="auto", n_jobs=None,
+                 refit=True, partial_epochs=1, replay_epochs=0,
+                 repeat_bias=0.0, device="auto", n_jobs=None,
                  random_state=None, verbose=0, checkpoint_dir=None, user_col="user",
                  item_col="item", time_col="timestamp", handle_unknown="ignore"):
         self.hidden_size = hidden_size
@@ -259,6 +269,7 @@ class SelfAttentionRecommender(TorchRecommender):
         self.refit = refit
         self.partial_epochs = partial_epochs
         self.replay_epochs = replay_epochs
+        self.repeat_bias = repeat_bias
         self.device = device
         self.n_jobs = n_jobs
         self.random_state = random_state

@@ -162,6 +162,15 @@ class CollaborativeGRURecommender(TorchRecommender):
         weights. A call costs ``replay_epochs`` epochs of ``fit`` on all the
         events; ``0`` (the default) trains on the new events only. ``fit``
         ignores it.
+    repeat_bias : float, default=0.0
+        Added, when scoring, to the logit of every item the user has already
+        had (stored events, and the scored events before the predicted one),
+        the distribution normalised again: ``p'(i)`` is ``p(i) exp(b)`` for a
+        seen item and ``p(i)`` for another, over their sum. A negative value
+        moves probability to new items (ratings logs, where no one rates an
+        item twice), a positive one to repeats. Training is unchanged, so a
+        fitted model can be tuned with ``set_params(repeat_bias=...)``
+        without a refit (see :doc:`/tuning`). ``0`` is the model as trained.
     max_train_chunks : int or None, default=None
         Train on at most this many chunks of each user's latest training
         events (the paper's Last.fm setting; in :meth:`partial_fit`, of the
@@ -427,6 +436,7 @@ class CollaborativeGRURecommender(TorchRecommender):
                  optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
                  n_iter_no_change=3, refit=True, partial_epochs=1, replay_epochs=0,
+                 repeat_bias=0.0,
                  max_train_chunks=None, initial_state=0.0, copy_history=False,
                  copy_decay=1.0, device="auto",
                  n_jobs=None, random_state=None, verbose=0,
@@ -454,6 +464,7 @@ class CollaborativeGRURecommender(TorchRecommender):
         self.refit = refit
         self.partial_epochs = partial_epochs
         self.replay_epochs = replay_epochs
+        self.repeat_bias = repeat_bias
         self.max_train_chunks = max_train_chunks
         self.initial_state = initial_state
         self.copy_history = copy_history

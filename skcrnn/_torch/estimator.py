@@ -64,6 +64,7 @@ from .checkpoint import Checkpoint, fingerprint
 from .distributed import Shard, current_cluster, data_fingerprint
 from .loop import train
 from .optim import Optimizer, grown_state_dict
+from .repeats import check_repeat_bias, seen_mask, with_repeat_bias
 from .runtime import cpu_threads, draw_seeds, resolve_device, usable_device
 
 #: Parameters that may differ between a fit and the fit that resumes it: they
@@ -72,7 +73,8 @@ from .runtime import cpu_threads, draw_seeds, resolve_device, usable_device
 #: rounding).
 NOT_IN_FINGERPRINT = frozenset({"verbose", "device", "n_jobs", "checkpoint_dir",
                                 "user_col", "item_col", "time_col",
-                                "handle_unknown", "partial_epochs", "replay_epochs"})
+                                "handle_unknown", "partial_epochs", "replay_epochs",
+                                "repeat_bias"})
 
 
 class TorchRecommender(BaseRecommender):
@@ -96,6 +98,7 @@ class TorchRecommender(BaseRecommender):
         "refit": ["boolean"],
         "partial_epochs": [Interval(Integral, 0, None, closed="left")],
         "replay_epochs": [Interval(Integral, 0, None, closed="left")],
+        "repeat_bias": [Interval(Real, None, None, closed="neither")],
         "device": [str],
         "n_jobs": [None, Integral],
         "random_state": ["random_state"],
@@ -416,8 +419,20 @@ class TorchRecommender(BaseRecommender):
 
     # -------------------------------------------------------------- scoring
     def _log_proba(self, sequences, prefixes, targets=None):
+        bias = check_repeat_bias(self.repeat_bias)
+        if bias and targets is not None:
+            # the renormalisation needs whole rows: take them in bounded
+            # blocks (each comes back here without targets)
+            chosen = np.empty(len(prefixes))
+            for rows, log_proba in self._full_log_proba(sequences, prefixes):
+                chosen[rows] = log_proba[np.arange(len(rows)), targets[rows]]
+            return chosen
         with cpu_threads(self.n_jobs):
-            return self._network_log_proba(sequences, prefixes, targets)
+            log_proba = self._network_log_proba(sequences, prefixes, targets)
+        if not bias:
+            return log_proba
+        mask = seen_mask(self._history, sequences, prefixes, self.n_items_)
+        return with_repeat_bias(np.asarray(log_proba, dtype=np.float64), mask, bias)
 
     # --------------------------------------------------------- persistence
     @classmethod
