@@ -46,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from sklearn.base import clone
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {
     "movielens": ("movielens-latest-small/ratings.csv", "load_movielens"),
@@ -79,10 +81,71 @@ def _skcrnn_models():
         "bigram": lambda seed, threads: BigramRecommender(alpha=100),
         "c-gru": rnn(),
         "p-gru-128": rnn(recurrent_weights="shared", hidden_size=128),
+        "c-gru-copy": rnn(copy_history=True, copy_decay=0.97),
+        "self-attention": attention,
+        "self-attention-repeat": RepeatBiasOnValidation(attention),
+        "c-gru-copy-repeat": RepeatBiasOnValidation(rnn(copy_history=True,
+                                                        copy_decay=0.97)),
     }
 
 
-SKCRNN_MODEL_NAMES = ("personal-unigram", "bigram", "c-gru", "p-gru-128")
+def attention(seed, threads):
+    from skcrnn import SelfAttentionRecommender
+    return SelfAttentionRecommender(device="cpu", n_jobs=threads, random_state=seed)
+
+
+#: Candidate ``repeat_bias`` values of the ``-repeat`` rows.
+REPEAT_BIASES = (0.0, -0.5, -1.0, -2.0, -3.0, -5.0, -10.0, 0.5, 1.0)
+
+
+class RepeatBiasOnValidation:
+    """A factory whose model has ``repeat_bias`` chosen on the training events.
+
+    The training events are split like the paper's test split
+    (``suffix_split(train, 0.025, 3, 500)``: each user's last events); the
+    model is fitted on the rest, each candidate ``repeat_bias`` (a scoring
+    parameter: no refit) scores the validation block, and the one with the
+    lowest error is kept. The row's model is then fitted on all training
+    events with it. The test suffix is never looked at.
+    """
+
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self, seed, threads):
+        return _RepeatBiasTuned(self.make(seed, threads))
+
+
+class _RepeatBiasTuned:
+    def __init__(self, model):
+        self.model = model
+
+    def fit(self, train):
+        from skcrnn.model_selection import suffix_split
+        fit_part, validation = suffix_split(train, 0.025, 3, 500)
+        probe = clone(self.model).fit(fit_part)
+        errors = {bias: -probe.set_params(repeat_bias=bias).score(validation)
+                  for bias in REPEAT_BIASES}
+        self.validation_errors_ = errors
+        best = min(errors, key=errors.get)
+        print("    repeat_bias on validation: " + ", ".join(
+            f"{bias:g}: {error:.4f}" for bias, error in errors.items())
+            + f" -> {best:g}", flush=True)
+        self.model = clone(self.model).set_params(repeat_bias=best).fit(train)
+        return self
+
+    def __repr__(self):
+        return f"{self.model!r} (repeat_bias chosen on validation)"
+
+    def __getattr__(self, name):  # score, _rank_statistics, ... of the model
+        if "model" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["model"], name)
+
+
+SKCRNN_MODEL_NAMES = ("personal-unigram", "bigram", "c-gru", "p-gru-128",
+                      "c-gru-copy", "self-attention", "self-attention-repeat",
+                      "c-gru-copy-repeat")
 
 
 def parse_args(argv=None):
