@@ -32,7 +32,9 @@ core):
 Options: ``--datasets movielens foursquare``, ``--cornac-models SASRec GRU4Rec
 FPMC`` (none with ``--cornac-models`` and no name), ``--skcrnn-models
 personal-unigram c-gru ...`` (rows of skcrnn estimators from
-``SKCRNN_MODELS``; these run in the project's ``.venv`` too, without Cornac),
+``_skcrnn_models``; these run in the project's ``.venv`` too, without Cornac;
+the ``-repeat`` rows choose ``repeat_bias`` on a validation suffix of the
+training events, see ``RepeatBiasOnValidation``),
 ``--epochs``, ``--seed``, ``--threads``, ``--save-dir DIR`` (pickles the
 fitted models). On MovieLens the SASRec row is
 compared with issue 18's (6.538 nats, recall@10 0.1195, MRR 0.0417): the
