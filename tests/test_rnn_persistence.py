@@ -128,3 +128,16 @@ def test_checkpoint_dir_path_is_saved_as_a_string(split, tmp_path):
     model.fit(split[0]).save(tmp_path / "model.pt")
     loaded = CollaborativeGRURecommender.load(tmp_path / "model.pt")
     assert loaded.checkpoint_dir == str(directory)
+
+
+def test_a_pickle_from_before_replay_and_repeat_bias_scores_and_learns(fitted, split):
+    """A state pickled before ``replay_epochs`` and ``repeat_bias`` existed
+    gets their defaults: the same scores, and partial_fit still runs."""
+    state = dict(fitted.__getstate__())
+    del state["replay_epochs"], state["repeat_bias"]
+    restored = CollaborativeGRURecommender.__new__(CollaborativeGRURecommender)
+    restored.__setstate__(state)
+    assert (restored.replay_epochs, restored.repeat_bias) == (0, 0.0)
+    np.testing.assert_array_equal(restored.score_samples(split[1]),
+                                  fitted.score_samples(split[1]))
+    restored.partial_fit(split[1])

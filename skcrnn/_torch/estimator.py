@@ -526,6 +526,9 @@ class TorchRecommender(BaseRecommender):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        # parameters added after the object was pickled: their defaults
+        vars(self).setdefault("replay_epochs", 0)
+        vars(self).setdefault("repeat_bias", 0.0)
         if "network_" in state:
             # pickled before partial_fit existed: no statistics, no partial run
             vars(self).setdefault("optimizer_state_", None)
