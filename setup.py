@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = next(line.split('"')[1] for line in
-               (HERE / "skcrnn" / "__init__.py").read_text().splitlines()
+               (HERE / "skcrnn" / "_version.py").read_text().splitlines()
                if line.startswith("__version__"))
 
 setup(

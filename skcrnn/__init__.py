@@ -10,7 +10,7 @@ models that compute with them.
 
 import importlib
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 #: Public name -> the module that defines it.
 _LAZY = {

@@ -35,7 +35,8 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _persistence
-from ._events import Sequences, check_events, group_sorted, time_kind, time_order
+from ._events import (Sequences, check_events, group_sorted, mean_of_group_means,
+                      time_kind, time_order)
 
 #: Largest ``predict_proba`` answer (rows x items) built in memory.
 MAX_PREDICT_PROBA_CELLS = 2 ** 27
@@ -460,7 +461,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             :meth:`score_samples` over that user's scored rows.
         """
         log_proba, groups = self._score_rows(X)
-        return _mean_of_group_means(log_proba, groups)
+        return mean_of_group_means(log_proba, groups)
 
     def _score_rows(self, X):
         encoded = self._encode_continuations(X)
@@ -877,18 +878,6 @@ class _Continuations:
         row_prefixes = np.empty_like(prefixes_sorted)
         row_prefixes[order] = prefixes_sorted
         return cls(sequences, row_groups, item_codes, row_prefixes)
-
-
-def _mean_of_group_means(values, groups):
-    scored = ~np.isnan(values)
-    if not scored.any():
-        raise ValueError("No row of X could be scored: every item is unknown "
-                         "to the model.")
-    n_groups = int(groups.max()) + 1
-    sums = np.bincount(groups[scored], weights=values[scored], minlength=n_groups)
-    counts = np.bincount(groups[scored], minlength=n_groups)
-    has_rows = counts > 0
-    return float(np.mean(sums[has_rows] / counts[has_rows]))
 
 
 def _as_label_array(values, name):

@@ -22,7 +22,7 @@ def _grow_rows(matrix, n_rows):
 
 def _prefix_coordinates(sequences, prefixes):
     """Group and length of each prefix id."""
-    groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
+    groups = sequences.group_of(prefixes)
     return groups, prefixes - sequences.prefix_start[groups]
 
 

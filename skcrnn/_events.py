@@ -193,6 +193,10 @@ class Sequences:
         """Id of each group's empty prefix; prefix ``(g, k)`` has id start[g] + k."""
         return self.indptr[:-1] + np.arange(self.n_groups)
 
+    def group_of(self, prefixes):
+        """The group of each prefix id (see :attr:`prefix_start`)."""
+        return np.searchsorted(self.prefix_start, prefixes, side="right") - 1
+
     def subset(self, groups, keep=None):
         """The sequences of the given group indices, in that order.
 
@@ -222,3 +226,25 @@ def group_sorted(group_codes, n_groups):
     """``indptr`` of codes that are already sorted, with ``n_groups`` groups."""
     counts = np.bincount(group_codes, minlength=n_groups)
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def mean_of_group_means(values, groups):
+    """The mean over groups of each group's mean of ``values`` (NaN rows left out).
+
+    The paper's error is this mean of per-user mean negative log-likelihoods:
+    every user counts once, however many events they have.
+
+    Raises
+    ------
+    ValueError
+        If every value is NaN (no row could be scored).
+    """
+    scored = ~np.isnan(values)
+    if not scored.any():
+        raise ValueError("No row of X could be scored: every item is unknown "
+                         "to the model.")
+    n_groups = int(groups.max()) + 1
+    sums = np.bincount(groups[scored], weights=values[scored], minlength=n_groups)
+    counts = np.bincount(groups[scored], minlength=n_groups)
+    has_rows = counts > 0
+    return float(np.mean(sums[has_rows] / counts[has_rows]))

@@ -236,7 +236,7 @@ class HMMRecommender(BaseRecommender):
 
     def _log_proba(self, sequences, prefixes, targets=None):
         start = self._start(sequences.user_codes)
-        groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
+        groups = sequences.group_of(prefixes)
         positions = prefixes - sequences.prefix_start[groups]
         _, predicted = _forward(sequences, start, self.transmat_,
                                 self._emission_t, groups, positions, targets)

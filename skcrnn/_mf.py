@@ -422,7 +422,7 @@ class MatrixFactorizationRecommender(BaseRecommender):
 
     # ---------------------------------------------------------------- scoring
     def _log_proba(self, sequences, prefixes, targets=None):
-        groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
+        groups = sequences.group_of(prefixes)
         # users added by update() have no factors yet: strangers
         users = np.where(sequences.user_codes[groups] < len(self.user_factors_),
                          sequences.user_codes[groups], -1)

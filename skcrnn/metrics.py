@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import digamma
 
-from ._base import _mean_of_group_means
-from ._events import check_events
+from ._events import check_events, mean_of_group_means
 
 
 def sequence_nll(estimator, X):
@@ -53,7 +52,7 @@ def recall_at_k(estimator, X, k=10):
     # the observed item takes each of positions greater+1 .. greater+ties+1
     # with equal probability
     hit = np.clip((k - greater) / (ties + 1), 0.0, 1.0)
-    return _mean_of_group_means(hit, groups)
+    return mean_of_group_means(hit, groups)
 
 
 def mrr(estimator, X):
@@ -77,7 +76,7 @@ def mrr(estimator, X):
     # E[1 / rank] for a rank uniform on greater+1 .. greater+ties+1:
     # (H(greater + ties + 1) - H(greater)) / (ties + 1), H the harmonic numbers
     reciprocal = (digamma(greater + ties + 2) - digamma(greater + 1)) / (ties + 1)
-    return _mean_of_group_means(reciprocal, groups)
+    return mean_of_group_means(reciprocal, groups)
 
 
 def user_entropy(X, *, user_col="user", item_col="item", time_col="timestamp"):

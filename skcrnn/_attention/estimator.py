@@ -379,7 +379,7 @@ class SelfAttentionRecommender(TorchRecommender):
         users = sequences.user_codes
         history_lengths = self._history.lengths[np.maximum(users, 0)]
         context, tails, _ = self._context(sequences, history_lengths)
-        groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
+        groups = sequences.group_of(prefixes)
         queries = tails[groups] + prefixes - sequences.prefix_start[groups]
         hidden = query_hidden(self.network_, context, groups, queries,
                               _INFERENCE_DTYPE)

@@ -850,7 +850,7 @@ class CollaborativeGRURecommender(TorchRecommender):
                                 dtype=_INFERENCE_DTYPE)
         copy = None
         if self.copy_history:
-            groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
+            groups = sequences.group_of(prefixes)
             users = sequences.user_codes
             history_lengths = np.where(
                 users >= 0, self._history.lengths[np.maximum(users, 0)], 0)

@@ -190,7 +190,7 @@ def forward_states(network, sequences, start_states, prefixes, dtype=torch.float
                       device=device)
     if len(prefixes) == 0:
         return out
-    groups = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
+    groups = sequences.group_of(prefixes)
     steps = prefixes - sequences.prefix_start[groups]
     # each group runs up to its last requested prefix only
     run_length = np.full(sequences.n_groups, -1, dtype=np.int64)

@@ -52,7 +52,7 @@ def seen_mask(history, sequences, prefixes, n_items):
     n_items : int
     """
     prefixes = np.asarray(prefixes, dtype=np.int64)
-    group = np.searchsorted(sequences.prefix_start, prefixes, side="right") - 1
+    group = sequences.group_of(prefixes)
     position = prefixes - sequences.prefix_start[group]
     users = sequences.user_codes[group]
     known = users >= 0
