@@ -22,7 +22,7 @@ _LAZY = {
     "HMMRecommender": "._hmm",
     "MatrixFactorizationRecommender": "._mf",
     "CollaborativeGRURecommender": "._rnn",
-    "fit_distributed": "._torch.distributed",
+    "fit_distributed": "._torch.launch",
     "SelfAttentionRecommender": "._attention",
 }
 

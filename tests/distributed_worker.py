@@ -31,11 +31,11 @@ def main(out_dir, scenario, params):
     if scenario == "few-users":
         data = events(n_users=2)
     if scenario == "dies" and rank == 1:
-        original = loop._train_epoch_in_step
+        original = loop._train_epoch
 
         def dying(*args, **kwargs):
             os._exit(3)  # a process that dies in its first epoch
-        loop._train_epoch_in_step = dying
+        loop._train_epoch = dying
         del original
     model = skcrnn.CollaborativeGRURecommender(**params)
     try:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from skcrnn import CollaborativeGRURecommender
-from skcrnn._torch.distributed import Cluster, shard_users
+from skcrnn._torch.cluster import Cluster, shard_users
 from skcrnn.datasets import make_sequences
 from skcrnn.model_selection import suffix_split
 

@@ -261,7 +261,7 @@ def test_exploding_but_finite_loss_is_divergence(events, optimizer, learning_rat
 def test_non_finite_parameters_are_divergence(events, monkeypatch):
     from skcrnn._torch import loop
 
-    def poison(module, optimizer, batches, steps, bar):
+    def poison(module, optimizer, batches, steps, bar, reduce):
         with torch.no_grad():
             module.output_bias[0] = float("inf")
         return 1.0

@@ -9,7 +9,12 @@
 - :mod:`.output`: the softmax output layer, for training (blocked
   cross-entropy with a hand-written backward) and for exact scoring;
 - :mod:`.batching`: windows, padding and length-sorted batches of sequences;
-- :mod:`.checkpoint`: the checkpoint file of a fit;
+- :mod:`.checkpoint`: the checkpoint file of a fit, and the fit's
+  fingerprint;
+- :mod:`.cluster`: the processes of a run (one process is a cluster of
+  one), the users each trains, the collectives they meet at;
+- :mod:`.launch`: :func:`~skcrnn.fit_distributed`, which starts a
+  ``torchrun`` process group and fits on it (above the estimator);
 - :mod:`.runtime`: device resolution, the CPU thread policy, seeds.
 """
 

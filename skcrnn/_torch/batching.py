@@ -156,7 +156,7 @@ class Batch:
     def restricted(self, local_code):
         """The rows of the users that ``local_code`` maps (codes >= 0), renumbered.
 
-        For multi-process training (:mod:`.distributed`): a rank keeps its
+        For multi-process training (:mod:`.cluster`): a rank keeps its
         users' rows of a global batch, their codes replaced by the rank's
         local ones, the padding cut to its longest row, and the global
         batch's ``slot_rows``, so that the ranks' losses add up to the

@@ -29,8 +29,11 @@ _REQUIRED = ("fingerprint", "seeds", "phase", "first_history", "first_best_epoch
              "training")
 
 
-def fingerprint(params, sequences, n_items):
+def fingerprint(params, sequences, classes, users):
     """What a fit's training depends on, as plain values.
+
+    The one fingerprint of a fit: a checkpoint resumes only a fit with the
+    same one, and the ranks of a multi-process fit check that they share it.
 
     Parameters
     ----------
@@ -38,22 +41,28 @@ def fingerprint(params, sequences, n_items):
         The estimator parameters that affect training.
     sequences : Sequences
         The encoded training sequences (one group per user).
-    n_items : int
+    classes, users : ndarray
+        The vocabularies (items, users) that the codes stand for.
 
     Returns
     -------
     dict
         The parameters (see :func:`~skcrnn._persistence.plain_params`),
-        ``n_users``, ``n_items`` and ``data``, a SHA-256 of the sequences'
-        arrays. Labels are left out: training sees only their codes.
+        ``n_users``, ``n_items`` and ``data``,
+        a SHA-256 of the sequences' arrays and of the labels.
     """
     digest = hashlib.sha256()
     for name in ("user_codes", "indptr", "items"):
         array = np.ascontiguousarray(getattr(sequences, name), dtype="<i8")
         digest.update(name.encode())
         digest.update(array.tobytes())
+    for array in (classes, users):
+        array = np.asarray(array)
+        digest.update(str(array.dtype).encode())
+        digest.update(np.ascontiguousarray(array).tobytes()
+                      if array.dtype != object else repr(array.tolist()).encode())
     return {**_persistence.plain_params(params), "n_users": int(sequences.n_groups),
-            "n_items": int(n_items), "data": digest.hexdigest()}
+            "n_items": len(classes), "data": digest.hexdigest()}
 
 
 class Checkpoint:

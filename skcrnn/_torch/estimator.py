@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 from .._base import BaseRecommender
 from .batching import validation_sizes
 from .checkpoint import Checkpoint, fingerprint
-from .distributed import Shard, current_cluster, data_fingerprint
+from .cluster import WholeShard, current_cluster
 from .loop import train
 from .optim import Optimizer, grown_state_dict
 from .repeats import check_repeat_bias, seen_mask, with_repeat_bias
@@ -173,36 +173,33 @@ class TorchRecommender(BaseRecommender):
     def _fit_sequences(self, sequences):
         device = resolve_device(self.device)
         with cpu_threads(self.n_jobs):
-            shard = self._shard(sequences)
+            cluster = current_cluster()
+            shard = cluster.start(sequences.lengths,
+                                  lambda: self._fingerprint(sequences))
             network = self._fit_network(sequences, device, shard)
-            if shard is not None:  # the other ranks stop here (NotRankZero)
-                network, self.optimizer_state_ = shard.gather(
-                    network, self.optimizer_state_, self._new_network().to(device))
+            # a rank other than 0 of several stops here (NotRankZero)
+            network, self.optimizer_state_ = shard.gather(
+                network, self.optimizer_state_,
+                lambda: self._new_network().to(device))
             self.network_ = _frozen(network)
             self.device_ = str(device)
             self.partial_history_ = []
             self._after_fit(sequences)
 
-    def _shard(self, sequences):
-        """This rank's :class:`~.distributed.Shard` under ``fit_distributed``, else None."""
-        cluster = current_cluster()
-        if cluster is None:
-            return None
+    def _fingerprint(self, sequences):
+        """What this fit's training depends on (:func:`.checkpoint.fingerprint`)."""
         params = {name: value for name, value in self.get_params(deep=False).items()
                   if name not in NOT_IN_FINGERPRINT}
-        return Shard.start(cluster, sequences.lengths, data_fingerprint(
-            sequences, self.classes_, self.users_, np.array(repr(sorted(
-                params.items())))))
+        return fingerprint(params, sequences, self.classes_, self.users_)
 
-    def _fit_network(self, sequences, device, shard=None):
+    def _fit_network(self, sequences, device, shard):
         """Early stopping, then the optional refit; the trained network.
 
-        With a ``shard`` (``fit_distributed``), this rank's part of it: the
-        per-user parameters of its users only.
+        ``shard`` is this process's part of the fit (:mod:`.cluster`): in a
+        cluster of one, every user; under ``fit_distributed``, this rank's,
+        and the network then holds the per-user parameters of its users only.
         """
-        seeds = draw_seeds(self.random_state)
-        if shard is not None:
-            seeds = shard.cluster.broadcast_object(seeds)
+        seeds = shard.cluster.broadcast_object(draw_seeds(self.random_state))
         checkpoint, record = self._open_checkpoint(sequences)
         if record is not None:
             seeds = record["seeds"]  # those of the fit that wrote it
@@ -217,16 +214,16 @@ class TorchRecommender(BaseRecommender):
         else:
             network, self.history_, self.best_epoch_, self.optimizer_state_ = (
                 self._train(sequences, n_train, self.max_epochs, seeds, device,
-                            _phase(checkpoint, 1, seeds, record), shard))
+                            shard, _phase(checkpoint, 1, seeds, record)))
         self.n_iter_ = len(self.history_)
         self.refit_history_ = None
         if self.refit and self.best_epoch_ is not None:
             if self.verbose:
                 tqdm.write(f"refit on all events for {self.best_epoch_} epoch(s)")
             network, self.refit_history_, _, self.optimizer_state_ = self._train(
-                sequences, lengths, self.best_epoch_, seeds, device,
+                sequences, lengths, self.best_epoch_, seeds, device, shard,
                 _phase(checkpoint, 2, seeds, record, first_history=self.history_,
-                       first_best_epoch=self.best_epoch_), shard)
+                       first_best_epoch=self.best_epoch_))
         if checkpoint is not None:
             checkpoint.remove()
         return network
@@ -239,47 +236,39 @@ class TorchRecommender(BaseRecommender):
         """
         if self.checkpoint_dir is None:
             return None, None
-        params = {name: value for name, value in self.get_params(deep=False).items()
-                  if name not in NOT_IN_FINGERPRINT}
         checkpoint = Checkpoint(self.checkpoint_dir, type(self).__name__,
-                                fingerprint(params, sequences, self.n_items_))
+                                self._fingerprint(sequences))
         return checkpoint, checkpoint.read()
 
-    def _train(self, sequences, n_train, max_epochs, seeds, device, checkpoint=None,
-               shard=None):
+    def _train(self, sequences, n_train, max_epochs, seeds, device, shard,
+               checkpoint=None):
         """Train a new network on each user's first ``n_train`` events.
 
         The events after them, if any, are the validation events. The same
-        ``seeds`` give the same initial weights and batch orders. With a
-        ``shard``, the network keeps its users' rows only and validates on
+        ``seeds`` give the same initial weights and batch orders. The
+        network keeps the rows of ``shard``'s users only and validates on
         them, the loss averaged over all ranks' users.
 
         Returns the network, its history, its best epoch (None without
         validation) and the optimizer's final statistics.
         """
         generator = torch.Generator().manual_seed(int(seeds[0]))
-        network = self._new_network().reset_parameters(generator).to(device)
+        network = shard.localize(
+            self._new_network().reset_parameters(generator).to(device))
         validate = None
         if (sequences.lengths > n_train).any():
-            if shard is None:
-                validate = self._validation(network, sequences, n_train)
-            else:
-                shard.localize(network)
-                mine = n_train[shard.owned]
-                local = shard.sequences(sequences)
-                validate = shard.validation(self._validation(network, local, mine),
-                                            int((local.lengths > mine).sum()))
-        elif shard is not None:
-            shard.localize(network)
+            mine, local = shard.users(n_train), shard.sequences(sequences)
+            validate = shard.validation(self._validation(network, local, mine),
+                                        int((local.lengths > mine).sum()))
         history, best_epoch, optimizer_state = self._run_epochs(
             network, sequences, n_train, max_epochs,
-            np.random.default_rng(int(seeds[1])), device, validate=validate,
-            checkpoint=checkpoint, shard=shard)
+            np.random.default_rng(int(seeds[1])), device, shard, validate=validate,
+            checkpoint=checkpoint)
         return network, history, best_epoch, optimizer_state
 
-    def _run_epochs(self, network, sequences, n_train, max_epochs, rng, device, *,
-                    validate=None, checkpoint=None, optimizer_state=None,
-                    continuation=False, shard=None):
+    def _run_epochs(self, network, sequences, n_train, max_epochs, rng, device, shard,
+                    *, validate=None, checkpoint=None, optimizer_state=None,
+                    continuation=False):
         """Train ``network`` in place with :func:`~.loop.train`.
 
         Parameters
@@ -292,6 +281,10 @@ class TorchRecommender(BaseRecommender):
         rng : numpy.random.Generator
             Shuffles the batches.
         device : torch.device
+        shard : WholeShard or RankShard
+            This process's users (:mod:`.cluster`): the global batches of
+            ``sequences`` are cut to them (``network`` holds their rows
+            only) and the ranks sum their gradients.
         validate : callable or None
             The validation loss, for early stopping.
         checkpoint : object or None
@@ -302,10 +295,6 @@ class TorchRecommender(BaseRecommender):
         continuation : bool
             The sequences continue the users' histories (see
             ``_training_plan``).
-        shard : Shard or None
-            Multi-process training: the global batches of ``sequences`` are
-            cut to this rank's users (``network`` holds their rows only) and
-            the ranks sum their gradients (:mod:`.distributed`).
 
         Returns
         -------
@@ -316,8 +305,7 @@ class TorchRecommender(BaseRecommender):
         """
         batches, steps, n_steps = self._training_plan(
             network, sequences, n_train, device, continuation=continuation)
-        if shard is not None:
-            batches, n_steps = shard.batches(batches), None
+        batches, steps, n_steps = shard.plan(batches, steps, n_steps)
         optimizer = Optimizer(network, self.optimizer, self.learning_rate,
                               self.rho, self.epsilon)
         if optimizer_state is not None:
@@ -326,8 +314,7 @@ class TorchRecommender(BaseRecommender):
             network, optimizer, batches, steps, max_epochs=max_epochs,
             validate=validate, n_iter_no_change=self.n_iter_no_change, rng=rng,
             n_steps=n_steps, max_loss=_divergence_loss(self.n_items_),
-            verbose=self.verbose, checkpoint=checkpoint,
-            cluster=None if shard is None else shard.cluster)
+            verbose=self.verbose, checkpoint=checkpoint, cluster=shard.cluster)
         return history, best_epoch, optimizer.state_dict()
 
     # ---------------------------------------------------- incremental learning
@@ -343,16 +330,18 @@ class TorchRecommender(BaseRecommender):
         rng = self._partial_rng()
         with cpu_threads(self.n_jobs):
             network, optimizer_state = self._grown(len(previous_history.items))
+            # partial_fit runs in one process: a cluster of one
             epochs, _, optimizer_state = self._run_epochs(
                 network, continuation, continuation.lengths, self.partial_epochs,
-                rng, device, optimizer_state=optimizer_state, continuation=True)
+                rng, device, WholeShard(), optimizer_state=optimizer_state,
+                continuation=True)
             replayed = []
             if self.replay_epochs:
                 # every stored history, from its start, as fit trains them
                 history = self._history
                 replayed, _, optimizer_state = self._run_epochs(
                     network, history, history.lengths, self.replay_epochs, rng,
-                    device, optimizer_state=optimizer_state)
+                    device, WholeShard(), optimizer_state=optimizer_state)
             self.optimizer_state_ = optimizer_state
             self.network_ = _frozen(network)
             if replayed:  # every user's weights moved: recompute every cache

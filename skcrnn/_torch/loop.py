@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .cluster import Cluster
+
 
 @dataclass
 class Step:
@@ -84,7 +86,7 @@ class _Progress:
 
 def train(module, optimizer, batches, steps, *, max_epochs, validate,
           n_iter_no_change, rng, n_steps=None, max_loss=np.inf, verbose=0,
-          checkpoint=None, cluster=None):
+          checkpoint=None, cluster=Cluster()):
     """Epochs over ``batches`` with early stopping on ``validate()``.
 
     Parameters
@@ -125,12 +127,13 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
         statistics, ``rng`` state, history, best epoch and weights). Resuming
         from the state of epoch ``e`` continues exactly as the run that wrote
         it did after epoch ``e``. ``str(checkpoint)`` names it in messages.
-    cluster : Cluster, optional
-        Multi-process training (:mod:`.distributed`): ``batches`` are this
-        rank's parts of the global batches, in the same order on every rank;
-        after each step the gradients of the parameters that ``module``
-        does not index by user are summed over the ranks, and the epoch's
-        training loss is that of all ranks' events.
+    cluster : Cluster, default=Cluster()
+        The processes of the run (:mod:`.cluster`), by default this one
+        alone. With several ranks, ``batches`` are this rank's parts of the
+        global batches, in the same order on every rank; after each step the
+        gradients of the parameters that ``module`` does not index by user
+        are summed over the ranks, and the epoch's training loss is that of
+        all ranks' events.
 
     Returns
     -------
@@ -151,6 +154,7 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
         or above ``max_loss``, or a parameter after it is not finite.
     """
     progress = _Progress()
+    reduce = cluster.step_reducer(module)
     if checkpoint is not None:
         progress = _resume(checkpoint, module, optimizer, rng)
         if progress.epoch and verbose:
@@ -168,13 +172,9 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
             else:
                 order = rng.permutation(len(batches))
                 epoch_batches = [batches[i] for i in order]
-            if cluster is None:
-                total_nll = _train_epoch(module, optimizer, epoch_batches, steps, bar)
-                epoch_events = n_events
-            else:
-                total_nll, epoch_events = cluster.sum(
-                    [_train_epoch_in_step(module, optimizer, epoch_batches, steps,
-                                          bar, cluster), n_events])
+            total_nll, epoch_events = (float(value) for value in cluster.sum(
+                [_train_epoch(module, optimizer, epoch_batches, steps, bar, reduce),
+                 n_events]))
         train_seconds = time.perf_counter() - started
         train_loss = total_nll / max(epoch_events, 1)
         _check_divergence(module, train_loss, epoch, max_loss)
@@ -199,35 +199,19 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
     return progress.history, progress.best_epoch
 
 
-def _train_epoch(module, optimizer, batches, steps, bar):
-    """One optimizer step per :class:`Step` of ``batches``; the summed NLL (float)."""
+def _train_epoch(module, optimizer, batches, steps, bar, reduce):
+    """One optimizer step per :class:`Step` of ``batches``; this process's summed NLL.
+
+    After each step, ``reduce(touched, took_step)`` (of
+    :meth:`~.cluster.Cluster.step_reducer`) sums the gradients of the
+    replicated parameters over the ranks and says whether any rank took a
+    step; all of them then step. A rank with no step left in a batch (or no
+    rows in it) adds zeros until no rank has one. In a cluster of one,
+    ``reduce`` only says whether this process took a step.
+    """
     total = None
     for batch in batches:
-        for step in steps(batch):
-            optimizer.zero_grad()
-            step.loss.backward()
-            optimizer.step(step.touched)
-            nll = step.nll.detach().double()
-            total = nll if total is None else total + nll
-            bar.update()
-    return 0.0 if total is None else float(total)
-
-
-def _train_epoch_in_step(module, optimizer, batches, steps, bar, cluster):
-    """:func:`_train_epoch` of one rank, in step with the others.
-
-    Each rank takes its steps of a global batch; after each, the ranks sum
-    the gradients of the replicated parameters (those not indexed by user,
-    see :meth:`~.distributed.Cluster.reduce_step`), and all of them step. A rank with no step left (or no rows in the batch)
-    adds zeros, until no rank has one. Returns this rank's summed NLL.
-    """
-    by_user = {name for name, kind in getattr(module, "row_indexed", {}).items()
-               if kind == "user"}
-    replicated = [(name, param) for name, param in module.named_parameters()
-                  if name not in by_user]
-    total = 0.0
-    for batch in batches:
-        local = iter(steps(batch)) if len(batch.lengths) else iter(())
+        local = iter(steps(batch))
         while True:
             step = next(local, None)
             optimizer.zero_grad()
@@ -235,13 +219,14 @@ def _train_epoch_in_step(module, optimizer, batches, steps, bar, cluster):
             if step is not None:
                 step.loss.backward()
                 touched = dict(step.touched)
-            if not cluster.reduce_step(replicated, touched, step is not None):
+            if not reduce(touched, step is not None):
                 break
             optimizer.step(touched)
             if step is not None:
-                total += float(step.nll.detach().double())
+                nll = step.nll.detach().double()
+                total = nll if total is None else total + nll
             bar.update()
-    return total
+    return 0.0 if total is None else float(total)
 
 
 def _check_divergence(module, train_loss, epoch, max_loss):

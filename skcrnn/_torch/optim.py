@@ -18,6 +18,12 @@ new ones (a new row starts as a row never stepped does).
 import torch
 
 
+def user_parameters(module):
+    """Names of the parameters that ``module`` indexes by user (``row_indexed``)."""
+    return [name for name, kind in getattr(module, "row_indexed", {}).items()
+            if kind == "user"]
+
+
 class Rows:
     """The rows a step reads of row-indexed parameters, as leaves of its graph."""
 

@@ -1,11 +1,18 @@
-"""Training across processes with ``torch.distributed``, launched by ``torchrun``.
+"""The processes of a training run, and what training keeps to each of them.
 
-Every process (rank) reads the same events. Users are sharded across the
-ranks, balanced by event count (:func:`shard_users`): a rank keeps only its
-users' rows of the per-user parameters (and their optimizer statistics), and
-trains only its users' sequences. The items' and the shared parameters are
+A fit runs on a :class:`Cluster`: one process is a cluster of one (the
+default, :func:`current_cluster` outside :func:`~skcrnn.fit_distributed`),
+and ``torchrun`` starts a cluster of several ranks (:mod:`.launch`). The fit
+path and the training loop are written once for both: every collective of a
+cluster of one returns at once, and the :class:`Shard` of a cluster of one
+is :class:`WholeShard`, which hands everything back unchanged.
+
+Across several ranks, users are sharded, balanced by event count
+(:func:`shard_users`): a rank keeps only its users' rows of the per-user
+parameters (and their optimizer statistics), and trains only its users'
+sequences (:class:`RankShard`). The items' and the shared parameters are
 replicated: after every step the ranks sum their gradients
-(``all_reduce``), so every replica takes the same optimizer step.
+(:meth:`Cluster.step_reducer`), so every replica takes the same step.
 
 The steps are those of a single process: each rank builds the same global
 batches (users of similar lengths together, in the same shuffled order),
@@ -14,26 +21,24 @@ is still divided by the global batch's slots), and the ranks sum the
 gradients of the shared parameters after each step. With the same seed,
 ``N`` processes therefore compute what one process does, up to the order of
 floating-point sums. A rank that runs out of steps in a batch before the
-others takes part in their sums with zero gradients: the all-reduce also
-carries a flag, "this rank took a step", and a batch ends when no rank did.
+others takes part in their sums with zero gradients: the sum also carries a
+flag, "this rank took a step", and a batch ends when no rank did.
 
 When training ends, rank 0 gathers the per-user rows from every rank into
-an ordinary fitted estimator (``fit_distributed`` returns it on rank 0,
-None elsewhere), which ``save`` writes and ``load`` reads in one process.
-
-Every collective operation has the timeout given to
-:func:`fit_distributed`: a rank that dies makes the others fail with a
-clear ``RuntimeError`` instead of hanging.
+an ordinary fitted network (:meth:`RankShard.gather`); the other ranks raise
+:class:`NotRankZero`. Every collective has the cluster's timeout: a rank
+that dies makes the others fail with a clear ``RuntimeError``.
 """
 
+import contextlib
 import contextvars
-import datetime
-import hashlib
-import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .._events import Sequences
+from .optim import user_parameters
 
 #: Seconds a collective operation waits for the other ranks by default.
 DEFAULT_TIMEOUT = 300.0
@@ -67,8 +72,19 @@ def shard_users(lengths, world_size):
     return owner
 
 
+class NotRankZero(Exception):
+    """Raised inside ``fit`` on the ranks other than 0 once training is done.
+
+    The fit is all or nothing: on those ranks it leaves the estimator as it
+    was, and :func:`~skcrnn.fit_distributed` returns None there.
+    """
+
+
 class Cluster:
     """This process's place among the ranks, and the collectives training uses.
+
+    ``Cluster()`` is a single process, a cluster of one: its collectives
+    return at once without a process group.
 
     Parameters
     ----------
@@ -77,18 +93,22 @@ class Cluster:
         Seconds (the process group's timeout; kept for messages).
     """
 
-    def __init__(self, rank, world_size, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, rank=0, world_size=1, timeout=DEFAULT_TIMEOUT):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.timeout = float(timeout)
-        self.owner = None
 
     def __repr__(self):
         return f"Cluster(rank={self.rank}, world_size={self.world_size})"
 
+    @property
+    def alone(self):
+        """Whether this is a cluster of one (no other process to meet)."""
+        return self.world_size == 1
+
     # ------------------------------------------------------------ sharding
     def shard(self, lengths):
-        """Assign the users (:func:`shard_users`); the codes of this rank's users.
+        """The codes of this rank's users (:func:`shard_users`).
 
         Raises
         ------
@@ -101,8 +121,20 @@ class Cluster:
                 f"{self.world_size} processes but only {n_users} user(s) with "
                 f"events: every process needs at least one user; launch at most "
                 f"{n_users} processes.")
-        self.owner = shard_users(lengths, self.world_size)
-        return np.flatnonzero(self.owner == self.rank)
+        return np.flatnonzero(shard_users(lengths, self.world_size) == self.rank)
+
+    def start(self, lengths, fingerprint):
+        """This process's shard of the users with events ``lengths``.
+
+        A cluster of one gets a :class:`WholeShard`. Several ranks first
+        check that they agree on ``fingerprint()`` (the events and
+        parameters, computed only then), and each gets its
+        :class:`RankShard`.
+        """
+        if self.alone:
+            return WholeShard(self)
+        self.check_same(fingerprint(), "events and parameters")
+        return RankShard(self, self.shard(lengths), len(lengths))
 
     # --------------------------------------------------------- collectives
     def _collective(self, what, call, *args, **kwargs):
@@ -115,15 +147,20 @@ class Cluster:
                 f"{self.timeout:g} s). {type(error).__name__}: {error}") from error
 
     def barrier(self):
-        self._collective("waiting for the other processes", dist.barrier)
+        if not self.alone:
+            self._collective("waiting for the other processes", dist.barrier)
 
     def all_gather_object(self, value):
+        if self.alone:
+            return [value]
         gathered = [None] * self.world_size
         self._collective("exchanging values", dist.all_gather_object, gathered, value)
         return gathered
 
     def broadcast_object(self, value):
         """Rank 0's ``value`` on every rank."""
+        if self.alone:
+            return value
         box = [value]
         self._collective("broadcasting from rank 0", dist.broadcast_object_list, box,
                          src=0)
@@ -131,6 +168,8 @@ class Cluster:
 
     def gather_object(self, value):
         """Every rank's ``value`` on rank 0 (a list by rank); None elsewhere."""
+        if self.alone:
+            return [value]
         gathered = [None] * self.world_size if self.rank == 0 else None
         self._collective("gathering on rank 0", dist.gather_object, value, gathered,
                          dst=0)
@@ -138,7 +177,10 @@ class Cluster:
 
     def sum(self, values):
         """Sums over the ranks of a few floats (float64)."""
-        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        values = np.asarray(values, dtype=np.float64)
+        if self.alone:
+            return values
+        tensor = torch.as_tensor(values)
         self._collective("summing over the ranks", dist.all_reduce, tensor)
         return tensor.numpy()
 
@@ -152,6 +194,22 @@ class Cluster:
                 f"The processes do not have the same {what}: rank(s) {different} "
                 f"differ from rank 0. Every process must read the same events "
                 f"with the same parameters.")
+
+    def step_reducer(self, module):
+        """``reduce(touched, took_step)``: a step's gradients summed over the ranks.
+
+        The replicated parameters are those ``module`` does not index by
+        user (see :func:`~.optim.user_parameters`). ``reduce`` returns
+        whether any rank took a step (when none did, nothing was changed);
+        for a cluster of one, whether this process did.
+        """
+        if self.alone:
+            return lambda touched, took_step: took_step
+        by_user = set(user_parameters(module))
+        replicated = [(name, param) for name, param in module.named_parameters()
+                      if name not in by_user]
+        return lambda touched, took_step: self.reduce_step(replicated, touched,
+                                                           took_step)
 
     def reduce_step(self, parameters, touched, took_step):
         """Sum a step's gradients of the replicated ``parameters`` over the ranks.
@@ -244,148 +302,56 @@ class _Gradient:
         self.grad = grad
 
 
-def environment_cluster(backend=None, device=None, timeout=DEFAULT_TIMEOUT):
-    """The :class:`Cluster` of a ``torchrun`` launch, its process group started.
-
-    Reads ``RANK``, ``WORLD_SIZE`` (and ``MASTER_ADDR``, ``MASTER_PORT``,
-    set by ``torchrun``). The backend is gloo on the CPU, nccl for CUDA
-    devices, unless given.
-
-    Raises
-    ------
-    ValueError
-        If the environment is not that of a ``torchrun`` launch.
-    """
-    missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-               if name not in os.environ]
-    if missing and not dist.is_initialized():
-        raise ValueError(
-            f"Not started by torchrun: the environment lacks {missing}. Launch "
-            f"with e.g. 'torchrun --nproc_per_node=2 -m skcrnn fit ...'.")
-    if not dist.is_initialized():
-        if backend is None:
-            backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
-    return Cluster(dist.get_rank(), dist.get_world_size(), timeout)
-
-
-def data_fingerprint(sequences, *arrays):
-    """A hash of encoded sequences and label arrays, to compare across ranks."""
-    digest = hashlib.sha256()
-    for array in (sequences.user_codes, sequences.indptr, sequences.items, *arrays):
-        array = np.asarray(array)
-        digest.update(str(array.dtype).encode())
-        digest.update(np.ascontiguousarray(array).tobytes()
-                      if array.dtype != object else repr(array.tolist()).encode())
-    return digest.hexdigest()
-
-
 #: The cluster of the ``fit_distributed`` call running in this context.
 _CURRENT = contextvars.ContextVar("skcrnn_cluster", default=None)
 
 
 def current_cluster():
-    """The :class:`Cluster` that a running :func:`fit_distributed` set, or None."""
-    return _CURRENT.get()
+    """The cluster a fit runs on: that of a running ``fit_distributed``, else one process."""
+    cluster = _CURRENT.get()
+    return Cluster() if cluster is None else cluster
 
 
-class NotRankZero(Exception):
-    """Raised inside ``fit`` on the ranks other than 0 once training is done.
-
-    The fit is all or nothing: on those ranks it leaves the estimator as it
-    was, and :func:`fit_distributed` returns None there.
-    """
-
-
-def fit_distributed(estimator, X, *, backend=None, timeout=DEFAULT_TIMEOUT):
-    """Fit a torch recommender across the processes of a ``torchrun`` launch.
-
-    Every process calls it with the same estimator parameters and the same
-    events. The users are sharded across the processes, balanced by event
-    count; each process trains its users' sequences and keeps their
-    per-user parameters and optimizer statistics, while the item and shared
-    parameters are replicated and their gradients summed after every step.
-    With the same ``random_state``, the result is that of ``estimator.fit(X)``
-    in one process, up to the order of floating-point sums. Rank 0 then
-    gathers the per-user rows into an ordinary fitted estimator.
-
-    Parameters
-    ----------
-    estimator : TorchRecommender
-        E.g. :class:`~skcrnn.CollaborativeGRURecommender`.
-    X : pandas.DataFrame
-        The events, the same on every process.
-    backend : {"gloo", "nccl"}, optional
-        By default gloo on the CPU, nccl when the estimator's device is CUDA
-        (each process then uses ``cuda:LOCAL_RANK`` when ``device="auto"``
-        or ``"cuda"``).
-    timeout : float, default=300
-        Seconds a process waits for the others at a collective operation: a
-        process that dies makes the others raise ``RuntimeError`` after at
-        most this long.
-
-    Returns
-    -------
-    estimator or None
-        The fitted estimator on rank 0, None on the other ranks (whose
-        ``estimator`` is left unfitted).
-
-    Raises
-    ------
-    ValueError
-        Before any training, if the process is not part of a ``torchrun``
-        launch, if there are more processes than users, if the processes'
-        events or parameters differ, or if the estimator has a
-        ``checkpoint_dir`` (not supported across processes).
-    RuntimeError
-        If another process dies or times out during training.
-    """
-    from .estimator import TorchRecommender
-    from .runtime import resolve_device
-    if not isinstance(estimator, TorchRecommender):
-        raise TypeError(f"fit_distributed trains the torch recommenders; got "
-                        f"{type(estimator).__name__}.")
-    if estimator.checkpoint_dir is not None:
-        raise ValueError("checkpoint_dir is not supported by fit_distributed; "
-                         "set checkpoint_dir=None.")
-    device = resolve_device(estimator.device)
-    owns_group = not dist.is_initialized()
-    cluster = environment_cluster(backend, device, timeout)
-    if device.type == "cuda" and device.index is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        estimator = estimator.set_params(device=f"cuda:{local_rank}")
+@contextlib.contextmanager
+def running_on(cluster):
+    """Context: fits started inside it run on ``cluster`` (:func:`current_cluster`)."""
     token = _CURRENT.set(cluster)
-    finished = False
     try:
-        estimator.fit(X)
-        finished = True
-    except NotRankZero:
-        finished = True
-        return None
+        yield cluster
     finally:
         _CURRENT.reset(token)
-        if owns_group:
-            _close_group(cluster, wait_for_others=finished)
-    return estimator
 
 
-def _close_group(cluster, wait_for_others):
-    """Destroy the process group that :func:`fit_distributed` started.
+class WholeShard:
+    """The shard of a cluster of one: every user, so each method hands back its input.
 
-    A gloo group left to the interpreter's exit can abort the process
-    ("terminate called without an active exception"), so it is closed here.
-    After a successful fit, the ranks first meet at a barrier, so that no
-    rank tears its connections down while another still reads from them;
-    after a failure the others may never arrive, so there is no barrier.
+    It has the methods of :class:`RankShard`, the shard of one of several
+    ranks, so that the fit path is written once.
     """
-    try:
-        if wait_for_others:
-            cluster.barrier()
-    finally:
-        dist.destroy_process_group()
+
+    def __init__(self, cluster=None):
+        self.cluster = Cluster() if cluster is None else cluster
+
+    def localize(self, network):
+        return network
+
+    def sequences(self, sequences):
+        return sequences
+
+    def users(self, per_user):
+        return per_user
+
+    def plan(self, batches, steps, n_steps):
+        return batches, steps, n_steps
+
+    def validation(self, validate, n_validated):
+        return validate
+
+    def gather(self, network, optimizer_state, new_network):
+        return network, optimizer_state
 
 
-class Shard:
+class RankShard:
     """A rank's users and what training keeps to them.
 
     Parameters
@@ -403,15 +369,9 @@ class Shard:
         self.local_code = np.full(n_users, -1, dtype=np.int64)
         self.local_code[self.owned] = np.arange(len(self.owned))
 
-    @classmethod
-    def start(cls, cluster, lengths, fingerprint):
-        """Check that the ranks agree on ``fingerprint``, then shard the users."""
-        cluster.check_same(fingerprint, "events and parameters")
-        return cls(cluster, cluster.shard(lengths), len(lengths))
-
     def localize(self, network):
         """Keep only this rank's rows of ``network``'s per-user parameters (in place)."""
-        for name in _user_parameters(network):
+        for name in user_parameters(network):
             parameter = network.get_parameter(name)
             rows = torch.as_tensor(self.owned, device=parameter.device)
             module, leaf = _owner_of(network, name)
@@ -422,13 +382,25 @@ class Shard:
 
     def sequences(self, sequences):
         """This rank's users' sequences, numbered by local code."""
-        from .._events import Sequences
         mine = sequences.subset(self.owned)
         return Sequences(np.arange(len(self.owned), dtype=np.int64), mine.indptr,
                          mine.items)
 
-    def batches(self, batches):
-        """This rank's parts of the global ``batches`` (a list, or a callable of ``rng``)."""
+    def users(self, per_user):
+        """This rank's entries of a per-user array."""
+        return per_user[self.owned]
+
+    def plan(self, batches, steps, n_steps):
+        """This rank's part of a training plan (see ``TorchRecommender._training_plan``).
+
+        Its parts of the global ``batches`` (a list, or a callable of
+        ``rng``); ``steps`` that yields no step for a part without rows (the
+        rank still meets the others at each of their steps); the number of
+        steps, unknown (None) once batches are cut.
+        """
+        def rank_steps(batch):
+            return steps(batch) if len(batch.lengths) else iter(())
+
         def restrict(global_batches):
             for batch in global_batches:
                 if not hasattr(batch, "restricted"):
@@ -438,8 +410,8 @@ class Shard:
                         f"trains in one process only.")
             return [batch.restricted(self.local_code) for batch in global_batches]
         if callable(batches):
-            return lambda rng: restrict(batches(rng))
-        return restrict(batches)
+            return (lambda rng: restrict(batches(rng))), rank_steps, None
+        return restrict(batches), rank_steps, None
 
     def validation(self, validate, n_validated):
         """The mean over all ranks' users of ``validate``'s per-rank mean.
@@ -453,22 +425,23 @@ class Shard:
             return total / count
         return global_loss
 
-    def gather(self, network, optimizer_state, full_network):
-        """On rank 0: ``full_network`` filled with every rank's rows, and the full statistics.
+    def gather(self, network, optimizer_state, new_network):
+        """On rank 0: a full network with every rank's rows, and the full statistics.
 
-        ``full_network`` is an uninitialized network at the full vocabularies
-        (on rank 0; ignored elsewhere). The replicated parameters are rank
-        0's; each per-user parameter and its optimizer statistics get every
-        rank's rows. The other ranks raise :class:`NotRankZero` once their
-        rows are sent.
+        ``new_network()`` makes an uninitialized network at the full
+        vocabularies (called on rank 0 only). The replicated parameters are
+        rank 0's; each per-user parameter and its optimizer statistics get
+        every rank's rows. The other ranks raise :class:`NotRankZero` once
+        their rows are sent.
         """
-        names = _user_parameters(network)
+        names = user_parameters(network)
         rows = {name: network.get_parameter(name).detach().cpu() for name in names}
         statistics = ({name: optimizer_state["state"][name] for name in names}
                       if optimizer_state is not None else None)
         parts = self.cluster.gather_object((self.owned, rows, statistics))
         if self.cluster.rank != 0:
             raise NotRankZero()
+        full_network = new_network()
         state = None if optimizer_state is None else {
             "name": optimizer_state["name"], "state": dict(optimizer_state["state"])}
         with torch.no_grad():
@@ -494,12 +467,6 @@ def _gathered_statistics(name, parts, n_rows):
         for key, tensor in statistics[name].items():
             full[key][torch.as_tensor(owned)] = tensor
     return full
-
-
-def _user_parameters(network):
-    """Names of the parameters that ``network`` indexes by user."""
-    return [name for name, kind in getattr(network, "row_indexed", {}).items()
-            if kind == "user"]
 
 
 def _owner_of(module, name):
