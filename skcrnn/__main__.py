@@ -1,8 +1,8 @@
-"""Command line: ``python -m skcrnn reproduce`` (also the ``skcrnn`` script)."""
+"""Command line: ``python -m skcrnn COMMAND`` (also the ``skcrnn`` script)."""
 
 import sys
 
-from ._reproduce import main
+from ._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

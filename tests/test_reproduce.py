@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from skcrnn import BigramRecommender, UniformRecommender, UnigramRecommender
-from skcrnn._reproduce import build_parser, load_events, main, run
+from skcrnn._cli import build_parser, main
+from skcrnn._cli.reproduce import load_events, run
 from skcrnn.metrics import sequence_nll
 from skcrnn.model_selection import preprocess_like_paper
 

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import (BigramRecommender, CollaborativeGRURecommender, HMMRecommender,
-               MatrixFactorizationRecommender,
-               PersonalUnigramRecommender, UniformRecommender, UnigramRecommender)
-from . import _fit_command
-from ._report import (error_by_bin, markdown, per_user_errors, plot_error_by_bin,
-                      plot_learning_curves, write_table)
-from .metrics import entropy_bins
-from .model_selection import preprocess_like_paper
+from .. import (BigramRecommender, CollaborativeGRURecommender, HMMRecommender,
+                MatrixFactorizationRecommender,
+                PersonalUnigramRecommender, UniformRecommender, UnigramRecommender)
+from ..metrics import entropy_bins
+from ..model_selection import preprocess_like_paper
+from .report import (error_by_bin, markdown, per_user_errors, plot_error_by_bin,
+                     plot_learning_curves, write_table)
 
 #: Shape of the paper's data sets after preprocessing (users, items, events).
 PAPER_SHAPES = {"brightkite": (1679, 23243, 600_000),
@@ -107,7 +106,7 @@ def _rnn_factory(**variant):
 
 def load_events(args):
     """The events the command runs on, from a file or generated."""
-    from . import datasets
+    from .. import datasets
 
     if args.data is not None:
         if args.format is None:
@@ -181,9 +180,8 @@ def write_outputs(out_dir, results, by_bin, histories, protocol):
                              f"Recurrent models ({protocol} protocol)")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="skcrnn")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_parser(commands):
+    """Register the ``reproduce`` subcommand on ``commands`` (argparse subparsers)."""
     reproduce = commands.add_parser(
         "reproduce", help="the paper's comparison of models on one data set",
         description=__doc__.splitlines()[0])
@@ -215,19 +213,12 @@ def build_parser():
     reproduce.add_argument("--verbose", action="store_true",
                            help="progress bars while the recurrent models train")
     reproduce.add_argument("--seed", type=int, default=0)
-    _fit_command.add_parser(commands)
-    return parser
+    return reproduce
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.command == "fit":
-        _fit_command.run(args)
-        return 0
+def check_args(args):
+    """Refuse what the parser cannot: unknown ``--models`` names."""
     known = {spec.name for spec in model_specs()}
     if args.models and set(args.models) - known:
         raise SystemExit(f"unknown model(s) {sorted(set(args.models) - known)}; "
                          f"choose from {sorted(known)}")
-    if args.command == "reproduce":
-        run(args)
-    return 0

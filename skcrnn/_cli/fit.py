@@ -64,7 +64,7 @@ def parse_settings(pairs):
 
 
 def load_events(args):
-    from . import datasets
+    from .. import datasets
     if args.generated is not None:
         n_users, n_items, n_events = args.generated
         return datasets.make_sequences(n_users=n_users, n_items=n_items,
