@@ -9,14 +9,16 @@ processes (:func:`skcrnn.fit_distributed`) and rank 0 saves the model::
 """
 
 import ast
+import importlib
 import os
 from pathlib import Path
 
 import pandas as pd
 
+#: ``--model`` name -> (module, class), imported only when a fit runs.
 ESTIMATORS = {
-    "c-gru": "CollaborativeGRURecommender",
-    "self-attention": "SelfAttentionRecommender",
+    "c-gru": ("skcrnn._rnn", "CollaborativeGRURecommender"),
+    "self-attention": ("skcrnn._attention", "SelfAttentionRecommender"),
 }
 FORMATS = ("csv", "tsv", "snap", "lastfm", "movielens")
 
@@ -77,11 +79,13 @@ def load_events(args):
 
 
 def run(args):
-    import skcrnn
-    estimator = getattr(skcrnn, ESTIMATORS[args.model])(**parse_settings(args.set))
+    from .._torch.launch import fit_distributed
+    module, name = ESTIMATORS[args.model]
+    estimator = getattr(importlib.import_module(module), name)(
+        **parse_settings(args.set))
     events = load_events(args)
     if "WORLD_SIZE" in os.environ:
-        fitted = skcrnn.fit_distributed(estimator, events, timeout=args.timeout)
+        fitted = fit_distributed(estimator, events, timeout=args.timeout)
     else:
         fitted = estimator.fit(events)
     if fitted is not None:  # rank 0, or a single process

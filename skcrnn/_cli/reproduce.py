@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import (BigramRecommender, CollaborativeGRURecommender, HMMRecommender,
-                MatrixFactorizationRecommender,
-                PersonalUnigramRecommender, UniformRecommender, UnigramRecommender)
+from .._counts import (BigramRecommender, PersonalUnigramRecommender,
+                       UniformRecommender, UnigramRecommender)
+from .._hmm import HMMRecommender
+from .._mf import MatrixFactorizationRecommender
+from .._rnn import CollaborativeGRURecommender
 from ..metrics import entropy_bins
 from ..model_selection import preprocess_like_paper
 from .report import (error_by_bin, markdown, per_user_errors, plot_error_by_bin,
