@@ -128,3 +128,44 @@ def test_bad_values_are_refused(split, bad):
     model = MODELS["C-GRU"]().fit(train).set_params(repeat_bias=bad)
     with pytest.raises((ValueError, TypeError), match="repeat_bias"):
         quiet(model.score_samples, test)
+
+
+def naive_limit(model, train, test, toward_seen):
+    """The rows as ``repeat_bias`` goes to +inf (or -inf), by hand.
+
+    The model's row restricted to the items the user has had (or has not),
+    renormalised; a row without such items stays as it is.
+    """
+    proba = quiet(model.set_params(repeat_bias=0.0).predict_proba, test)
+    column = {item: j for j, item in enumerate(model.classes_)}
+    seen = {user: {column[i] for i in group["item"]}
+            for user, group in train.groupby("user")}
+    limit = np.empty_like(proba)
+    for row in test.sort_values("timestamp", kind="stable").index:
+        user = test.loc[row, "user"]
+        keep = np.zeros(proba.shape[1], dtype=bool)
+        keep[sorted(seen.setdefault(user, set()))] = True
+        if not toward_seen:
+            keep = ~keep
+        weights = np.where(keep, proba[row], 0.0) if keep.any() else proba[row]
+        limit[row] = weights / weights.sum()
+        seen[user].add(column[test.loc[row, "item"]])
+    return limit
+
+
+@pytest.mark.parametrize("bias", [1e15, -1e16, 1e30, -1e30])
+def test_huge_finite_bias_is_exact(split, bias):
+    """Issue 24, item 3: at 1e15 and beyond rows summed to 0.92..8 (rounding)."""
+    train, test = split
+    model = MODELS["C-GRU"]().fit(train)
+    expected = naive_limit(model, train, test, toward_seen=bias > 0)
+    got = quiet(model.set_params(repeat_bias=bias).predict_proba, test)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-300)
+    targets = pd.Index(model.classes_).get_indexer(test["item"])
+    chosen = expected[np.arange(len(test)), targets]
+    scores = quiet(model.score_samples, test)
+    kept = chosen > 0
+    np.testing.assert_allclose(scores[kept], np.log(chosen[kept]), rtol=1e-9)
+    # the others are pushed down by about |bias| nats: finite, far below
+    assert np.isfinite(scores).all() and (scores[~kept] < -abs(bias) / 2).all()

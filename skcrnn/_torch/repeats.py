@@ -67,8 +67,18 @@ def seen_mask(history, sequences, prefixes, n_items):
 
 
 def with_repeat_bias(log_proba, mask, bias):
-    """Log-probabilities ``(N, V)`` with ``bias`` on the ``mask``'s logits, renormalised."""
+    """Log-probabilities ``(N, V)`` with ``bias`` on the ``mask``'s logits, renormalised.
+
+    Exact at any finite magnitude of ``bias``: each kind of item is
+    normalised by its own shifted constant, ``log_norm - bias`` for the seen
+    ones and ``log_norm`` for the others, so ``bias`` is never added to a
+    log-probability and subtracted again (which, at ``|bias|`` of 1e15 and
+    more, rounds the log-probabilities away). As ``bias`` grows, the rows
+    tend to the model's distribution restricted to the seen items (to the
+    unseen ones as it falls), and they sum to 1 all the way.
+    """
     log_seen = logsumexp(np.where(mask, log_proba, -np.inf), axis=1)
     log_unseen = logsumexp(np.where(mask, -np.inf, log_proba), axis=1)
-    log_norm = np.logaddexp(log_unseen, bias + log_seen)
-    return log_proba + bias * mask - log_norm[:, None]
+    norm_unseen = np.logaddexp(log_unseen, bias + log_seen)
+    norm_seen = np.logaddexp(log_unseen - bias, log_seen)
+    return log_proba - np.where(mask, norm_seen[:, None], norm_unseen[:, None])
