@@ -23,12 +23,35 @@ def build_parser():
     return parser
 
 
+#: What a user's mistake raises (a bad path, parameter or file): reported in
+#: one line, without a traceback.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
 def main(argv=None):
-    """Parse ``argv`` (default: the process's arguments) and run the command."""
-    args = build_parser().parse_args(argv)
-    if args.command == "fit":
-        fit.run(args)
-    else:
-        reproduce.check_args(args)
-        reproduce.run(args)
+    """Parse ``argv`` (default: the process's arguments) and run the command.
+
+    A user's mistake (:data:`USER_ERRORS`) prints one line naming the
+    problem, ``skcrnn COMMAND: error: ...``, and exits with status 2, as the
+    parser does for bad arguments.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fit":
+            fit.run(args)
+        else:
+            reproduce.check_args(args)
+            reproduce.run(args)
+    except USER_ERRORS as error:
+        parser.exit(2, f"skcrnn {args.command}: error: {_one_line(error)}\n")
     return 0
+
+
+def _one_line(error):
+    """The message of ``error`` on one line (an OSError with its path)."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.filename is not None \
+            and str(error.filename) not in message:
+        message = f"{error.filename}: {message}"
+    return " ".join(message.split())
