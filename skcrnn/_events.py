@@ -91,10 +91,10 @@ def _check_times(column, col_name, name):
             f"{name}[{col_name!r}] has {n_missing} missing time(s) (NaN/NaT).")
     dtype = column.dtype
     if isinstance(dtype, pd.DatetimeTZDtype):
-        return column.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().view(
-            np.int64)
+        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+        dtype = column.dtype
     if pd.api.types.is_datetime64_dtype(dtype):
-        return column.to_numpy().view(np.int64)
+        return _nanoseconds(column, col_name, name)
     if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
         if pd.api.types.infer_dtype(column) == "datetime":
             problem = _datetime_objects_problem(column)
@@ -107,6 +107,26 @@ def _check_times(column, col_name, name):
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise ValueError(f"{name}[{col_name!r}] has infinite time(s).")
     return values
+
+
+#: The one unit of validated datetimes: nanoseconds since the epoch, UTC.
+TIME_UNIT = "ns"
+
+
+def _nanoseconds(column, col_name, name):
+    """A datetime64 column of any resolution as int64 :data:`TIME_UNIT` (UTC).
+
+    Columns come in seconds, milliseconds, microseconds (pandas parses
+    strings so) or nanoseconds; their integers differ by factors of 1000,
+    so every one is converted to one unit before times are compared.
+    """
+    try:
+        return column.dt.as_unit(TIME_UNIT).to_numpy().view(np.int64)
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        raise ValueError(
+            f"{name}[{col_name!r}] has times outside the range that nanoseconds "
+            f"hold ({pd.Timestamp.min.date()} to {pd.Timestamp.max.date()}); "
+            f"give them as numbers instead.") from None
 
 
 def _datetime_objects_problem(column):

@@ -1,0 +1,60 @@
+"""Issue 24: call sequences that let wrong answers through, each now right or refused.
+
+Each test failed on the code before its fix (the item of the issue it covers
+is named); the stateful test of every sequence is ``test_stateful.py``.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skcrnn import BigramRecommender, CollaborativeGRURecommender
+
+
+def frame(users, items, times):
+    return pd.DataFrame({"user": users, "item": items, "timestamp": times})
+
+
+def datetimes(strings, unit):
+    return pd.Series(pd.to_datetime(strings)).dt.as_unit(unit)
+
+
+@pytest.mark.parametrize("fit_unit, update_unit", [("s", "ns"), ("us", "ns"),
+                                                   ("ns", "s"), ("ms", "us")])
+@pytest.mark.parametrize("make", [
+    lambda: BigramRecommender(),
+    lambda: CollaborativeGRURecommender(hidden_size=2, max_epochs=1, device="cpu",
+                                        random_state=0),
+], ids=["bigram", "c-gru"])
+def test_times_of_any_resolution_are_compared_in_one_unit(make, fit_unit, update_unit):
+    """Item 1: a 1990 event was accepted after 2021's, a 2030 one refused."""
+    train = frame(["u", "u", "v", "v"], ["a", "b", "a", "c"],
+                  datetimes(["2021-01-01", "2021-01-02", "2021-01-01", "2021-01-03"],
+                            fit_unit))
+    model = make().fit(train)
+    earlier = frame(["u"], ["c"], datetimes(["1990-01-01"], update_unit))
+    with pytest.raises(ValueError, match="earlier than"):
+        model.update(earlier)
+    later = frame(["u"], ["c"], datetimes(["2030-01-01"], update_unit))
+    model.update(later)
+    assert model.n_users_ == 2
+
+
+def test_time_zones_are_compared_in_utc():
+    train = frame(["u", "u"], ["a", "b"], pd.to_datetime(
+        ["2021-01-01T10:00", "2021-01-01T12:00"]).tz_localize("Europe/Zurich"))
+    model = BigramRecommender().fit(train)
+    # 11:30 UTC is 12:30 in Zurich: after the last event (12:00 Zurich)
+    model.update(frame(["u"], ["a"], pd.to_datetime(["2021-01-01T11:30"]).tz_localize(
+        "UTC")))
+    with pytest.raises(ValueError, match="earlier than"):
+        # 10:30 UTC is 11:30 in Zurich: before the last one of 12:30
+        model.update(frame(["u"], ["b"], pd.to_datetime(
+            ["2021-01-01T10:30"]).tz_localize("UTC")))
+
+
+def test_times_beyond_nanoseconds_are_refused_clearly():
+    train = frame(["u", "u"], ["a", "b"], pd.Series(np.array(
+        ["1500-01-01", "1500-01-02"], dtype="datetime64[s]")))
+    with pytest.raises(ValueError, match="outside the range that nanoseconds hold"):
+        BigramRecommender().fit(train)
