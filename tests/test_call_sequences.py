@@ -58,3 +58,32 @@ def test_times_beyond_nanoseconds_are_refused_clearly():
         ["1500-01-01", "1500-01-02"], dtype="datetime64[s]")))
     with pytest.raises(ValueError, match="outside the range that nanoseconds hold"):
         BigramRecommender().fit(train)
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"loss": "sampled", "negative_power": 200.0}, "negative_power"),
+    ({"loss": "sampled", "negative_power": 1.5}, "negative_power"),
+    ({"initial_state": 1e39}, "initial_state"),
+    ({"initial_state": -1.5}, "initial_state"),
+])
+def test_values_that_crashed_inside_torch_are_refused_at_fit(params, name):
+    """Item 9: 'invalid multinomial distribution', 'cannot be converted to float'."""
+    events = frame(["u", "u", "u", "v", "v", "v"], ["a", "b", "c", "a", "c", "d"],
+                   [1, 2, 3, 1, 2, 3])
+    model = CollaborativeGRURecommender(hidden_size=2, max_epochs=1, device="cpu",
+                                        n_negatives=2, **params)
+    if "negative_power" not in params:
+        model.set_params(n_negatives=None)
+    with pytest.raises(ValueError, match=f"'{name}' parameter .* range"):
+        model.fit(events)
+
+
+@pytest.mark.parametrize("params", [{"loss": "sampled", "negative_power": 1.0,
+                                     "n_negatives": 2},
+                                    {"initial_state": -1.0}, {"initial_state": 1.0}])
+def test_the_bounds_themselves_are_accepted(params):
+    events = frame(["u", "u", "u", "v", "v", "v"], ["a", "b", "c", "a", "c", "d"],
+                   [1, 2, 3, 1, 2, 3])
+    model = CollaborativeGRURecommender(hidden_size=2, max_epochs=1, device="cpu",
+                                        random_state=0, **params).fit(events)
+    assert np.isfinite(model.score(events))

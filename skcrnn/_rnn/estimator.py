@@ -114,9 +114,11 @@ class CollaborativeGRURecommender(TorchRecommender):
         to draw, the full softmax, whose loss is then zero). Only with
         ``"sampled"``.
     negative_power : float, default=0.75
-        With ``loss="sampled"``, the power ``alpha >= 0`` of the proposal
-        ``Q(j) ~ count_j ** alpha`` over the items (0: uniform, 1: the
-        unigram; 0.75 as word2vec). Only with ``"sampled"``.
+        With ``loss="sampled"``, the power ``alpha`` in [0, 1] of the
+        proposal ``Q(j) ~ count_j ** alpha`` over the items (0: uniform, 1:
+        the unigram; 0.75 as word2vec). Only with ``"sampled"``. Higher
+        powers are refused: they give the rare items a probability that
+        underflows, and their sampled loss is no longer defined.
     candidate_activation : {"sigmoid", "tanh"}, default="sigmoid"
         Activation of the GRU's candidate state. The paper's equations print
         tanh; the authors' TensorFlow code, which produced the paper's
@@ -175,8 +177,9 @@ class CollaborativeGRURecommender(TorchRecommender):
         Train on at most this many chunks of each user's latest training
         events (the paper's Last.fm setting; in :meth:`partial_fit`, of the
         new events); ``None`` keeps all.
-    initial_state : float, default=0.0
-        Value of every coordinate of the state before a user's first event.
+    initial_state : float in [-1, 1], default=0.0
+        Value of every coordinate of the state before a user's first event,
+        within the range of the states the cells produce.
     copy_history : bool, default=False
         Mix the softmax with the user's own past items through a learned,
         state-dependent gate (see "Copying from the history" below). Off,
@@ -419,10 +422,10 @@ class CollaborativeGRURecommender(TorchRecommender):
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "loss": [StrOptions({"full", "sampled"})],
         "n_negatives": [None, Interval(Integral, 1, None, closed="left")],
-        "negative_power": [Interval(Real, 0, None, closed="left")],
+        "negative_power": [Interval(Real, 0, 1, closed="both")],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "max_train_chunks": [None, Interval(Integral, 1, None, closed="left")],
-        "initial_state": [Interval(Real, None, None, closed="neither")],
+        "initial_state": [Interval(Real, -1, 1, closed="both")],
         "copy_history": ["boolean"],
         "copy_decay": [Interval(Real, 0, 1, closed="right")],
     }
