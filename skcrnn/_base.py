@@ -1,8 +1,10 @@
 """The base class every recommender derives from.
 
 :class:`BaseRecommender` implements the public contract of the package once
-(validation, encoding, ``score_samples``, ``score``, ``predict_proba``,
-``predict``, ``recommend``, ``handle_unknown``). A model fills in two steps:
+(validation, ``fit``, ``update``, ``partial_fit``, ``score_samples``,
+``score``, ``predict_proba``, ``predict``, ``recommend``, ``handle_unknown``);
+it leaves turning events into codes to :mod:`skcrnn._encoding`. A model fills
+in two steps:
 
 ``_fit_sequences(sequences)``
     learn from the encoded training sequences (one group per known user). It
@@ -23,7 +25,6 @@ sets (arrays, sparse matrices, scalars), or overrides ``_fitted_state`` and
 ``_restore_fitted_state``.
 """
 
-import warnings
 from abc import ABCMeta, abstractmethod
 from collections.abc import Hashable
 from numbers import Integral
@@ -34,9 +35,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _persistence
-from ._events import (Sequences, check_events, group_sorted, mean_of_group_means,
-                      time_kind, time_order)
+from . import _encoding, _persistence
+from ._events import Sequences, check_events, mean_of_group_means, time_kind
 
 #: Largest ``predict_proba`` answer (rows x items) built in memory.
 MAX_PREDICT_PROBA_CELLS = 2 ** 27
@@ -124,20 +124,18 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         """
         self._validate_params()
         self._check_fit_params()
-        users, items, times = self._check_events(X)
+        users, items, times = check_events(X, self.user_col, self.item_col,
+                                           self.time_col)
         staged = self._unfitted_copy()
-        staged.classes_, item_codes = np.unique(items, return_inverse=True)
-        staged.users_, user_codes = np.unique(users, return_inverse=True)
+        classes, user_labels, history, last_times = _encoding.encode_training(
+            users, items, times)
+        staged.classes_ = classes
+        staged.users_ = user_labels
         staged.n_items_ = len(staged.classes_)
         staged.n_users_ = len(staged.users_)
-        order = time_order(user_codes, times)
-        history = Sequences(
-            user_codes=np.arange(staged.n_users_, dtype=np.int64),
-            indptr=group_sorted(user_codes[order], staged.n_users_),
-            items=item_codes[order].astype(np.int64))
         staged._history = history
         staged._time_kind = time_kind(X[self.time_col])
-        staged._last_times = times[order][history.indptr[1:] - 1]
+        staged._last_times = last_times
         staged._fit_sequences(history)
         self._adopt_fit(staged)
         return self
@@ -223,10 +221,9 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             If ``X``'s times are not of the kind (datetime or numeric) that
             the model was fitted with.
         """
-        check_is_fitted(self)
-        appended = self._encode_appended(X)
+        appended = self._encoder().appended(X)
         staged = self._shallow_copy()
-        staged._grow_users(appended.new_users)
+        staged._grow_vocabularies(appended)
         staged._append_events(appended.sequences)
         staged._extend_history(appended)
         self._adopt_fit(staged)
@@ -269,10 +266,9 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             return self.fit(X, y)
         self._validate_params()
         self._check_fit_params()
-        appended = self._encode_appended(X, learn_items=True)
+        appended = self._encoder().appended(X, learn_items=True)
         staged = self._shallow_copy()
-        staged._grow_items(appended.new_items)
-        staged._grow_users(appended.new_users)
+        staged._grow_vocabularies(appended)
         previous_history = staged._history
         staged._extend_history(appended)
         staged._learn_events(appended.sequences, previous_history)
@@ -292,12 +288,6 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             f"{type(self).__name__} cannot yet continue learning from new "
             f"events; use update() to follow them, or fit() on all events.")
 
-    def _grow_items(self, new_items):
-        """Append ``new_items`` (labels) to ``classes_``."""
-        if len(new_items):
-            self.classes_ = _concatenate_labels(self.classes_, new_items)
-            self.n_items_ = len(self.classes_)
-
     def _append_events(self, continuation):
         """Follow the appended events without learning (override).
 
@@ -309,106 +299,23 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         never changing the old ones in place (the update is all or nothing).
         """
 
-    def _grow_users(self, new_users):
-        """Append ``new_users`` (labels) to ``users_``."""
-        if len(new_users):
-            self.users_ = _concatenate_labels(self.users_, new_users)
-            self.n_users_ = len(self.users_)
-
-    def _encode_appended(self, X, learn_items=False):
-        """Validate and encode events appended to the histories.
-
-        Returns an :class:`_Appended`: the continuation sequences (one group
-        per user with at least one known item, codes into ``users_`` grown by
-        the new users, which are numbered after the known ones in sorted
-        order), the new users' and (with ``learn_items``) the new items'
-        labels, and each group's last time. Without ``learn_items``, unknown
-        items follow ``handle_unknown``.
-        """
-        users, items, times = self._check_events(X)
-        kind = time_kind(X[self.time_col])
-        if getattr(self, "_time_kind", kind) not in (None, kind):
-            raise TypeError(
-                f"X[{self.time_col!r}] holds {kind} times, but the model was "
-                f"fitted with {self._time_kind} times; convert them.")
-        new_items = np.empty(0, dtype=self.classes_.dtype)
-        if learn_items:
-            item_codes = self._item_index.get_indexer(items).astype(np.int64)
-            new_items = np.unique(items[item_codes < 0])
-            item_codes = np.where(item_codes >= 0, item_codes, self.n_items_
-                                  + pd.Index(new_items).get_indexer(items))
-        else:
-            item_codes = self._encode_items(items)
-        known_user = self._user_index.get_indexer(users).astype(np.int64)
-        self._check_order(users, known_user, times)
-        keep = item_codes >= 0
-        new_users = np.unique(users[keep & (known_user < 0)])
-        user_codes = known_user
-        if len(new_users):
-            new_codes = pd.Index(new_users).get_indexer(users)
-            user_codes = np.where(known_user >= 0, known_user,
-                                  self.n_users_ + new_codes)
-        order = time_order(user_codes, times)
-        order = order[keep[order]]
-        groups, first = np.unique(user_codes[order], return_index=True)
-        indptr = np.append(first, len(order)).astype(np.int64)
-        sequences = Sequences(groups.astype(np.int64), indptr,
-                              item_codes[order].astype(np.int64))
-        return _Appended(sequences, new_users, times[order][indptr[1:] - 1],
-                         new_items)
-
-    def _encode_items(self, items, remedy="to leave them out, or use partial_fit "
-                      "to learn them", outcome="the users' histories"):
-        """Item codes, ``-1`` for unknown items, which follow ``handle_unknown``.
-
-        ``remedy`` ends the error's advice, ``outcome`` the warning's "they
-        are left out of ...".
-        """
-        codes = self._item_index.get_indexer(items).astype(np.int64)
-        n_unknown = int((codes < 0).sum())
-        if n_unknown:
-            examples = pd.unique(items[codes < 0])[:5].tolist()
-            if self.handle_unknown == "error":
-                raise ValueError(
-                    f"{n_unknown} row(s) of X have items unknown to the model, "
-                    f"e.g. {examples}; set handle_unknown='ignore' {remedy}.")
-            warnings.warn(
-                f"{n_unknown} row(s) of X have items unknown to the model "
-                f"(e.g. {examples}); they are left out of {outcome}.",
-                UserWarning, stacklevel=4)
-        return codes
-
-    def _check_order(self, users, codes, times):
-        """Raise ``ValueError`` if an event is earlier than its user's last one."""
-        last = getattr(self, "_last_times", None)
-        known = np.flatnonzero(codes >= 0)
-        if last is None or not len(known):
-            return
-        early = known[times[known] < last[codes[known]]]
-        if len(early):
-            examples = pd.unique(users[early])[:5].tolist()
-            raise ValueError(
-                f"{len(early)} row(s) of X are earlier than their user's last "
-                f"event seen so far (users e.g. {examples}); a history only "
-                f"grows forward in time. Nothing was changed.")
+    def _grow_vocabularies(self, appended):
+        """Add the new users and items of ``appended`` to ``users_`` and
+        ``classes_`` (after the known ones), as new arrays."""
+        self.classes_ = _encoding.grown(self.classes_, appended.new_items)
+        self.users_ = _encoding.grown(self.users_, appended.new_users)
+        self.n_items_ = len(self.classes_)
+        self.n_users_ = len(self.users_)
 
     def _extend_history(self, appended):
-        """Append the continuation to ``_history`` and the users' last times."""
-        old, new = self._history, appended.sequences
-        groups = np.concatenate([old.group_of_event,
-                                 new.user_codes[new.group_of_event]])
-        items = np.concatenate([old.items, new.items])
-        order = np.argsort(groups, kind="stable")  # a user's old events first
-        self._history = Sequences(
-            user_codes=np.arange(self.n_users_, dtype=np.int64),
-            indptr=group_sorted(groups[order], self.n_users_),
-            items=items[order])
-        last = getattr(self, "_last_times", None)
-        if last is not None:
-            grown = np.empty(self.n_users_, dtype=np.result_type(last, appended.last_times))
-            grown[:len(last)] = last
-            grown[new.user_codes] = appended.last_times
-            self._last_times = grown
+        """Append the events of ``appended`` to ``_history`` and the users'
+        last times (``users_`` already grown)."""
+        history, last_times = _encoding.extend_history(
+            self._history, getattr(self, "_last_times", None), self.n_users_,
+            appended)
+        self._history = history
+        if last_times is not None:
+            self._last_times = last_times
 
     def _shallow_copy(self):
         """A copy of ``self`` that shares its attributes' objects.
@@ -464,7 +371,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         return mean_of_group_means(log_proba, groups)
 
     def _score_rows(self, X):
-        encoded = self._encode_continuations(X)
+        encoded = self._encoder().continuations(X)
         log_proba = np.full(len(encoded.row_items), np.nan)
         known = encoded.row_items >= 0
         if known.any():
@@ -496,7 +403,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
                 f"({n_cells} cells, more than {MAX_PREDICT_PROBA_CELLS}); use "
                 f"score_samples for the probability of the observed items, "
                 f"recommend for the top items, or pass fewer rows.")
-        encoded = self._encode_continuations(X)
+        encoded = self._encoder().continuations(X)
         proba = np.empty((len(encoded.row_items), self.n_items_))
         for rows, log_proba in self._full_log_proba(encoded.sequences,
                                                     encoded.row_prefixes):
@@ -516,7 +423,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         ndarray of shape (n_rows,)
             Item labels from ``classes_``.
         """
-        encoded = self._encode_continuations(X)
+        encoded = self._encoder().continuations(X)
         best = np.empty(len(encoded.row_items), dtype=np.int64)
         for rows, log_proba in self._full_log_proba(encoded.sequences,
                                                     encoded.row_prefixes):
@@ -553,7 +460,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             one-dimensional or has missing values.
         """
         check_is_fitted(self)
-        users = _as_label_array(users, "users")
+        users = _encoding.as_label_array(users, "users")
         if not isinstance(k, Integral) or isinstance(k, bool):
             raise TypeError(f"k must be an integer; got {type(k).__name__}.")
         if not 1 <= k <= self.n_items_:
@@ -564,7 +471,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             raise TypeError(f"exclude_seen must be True or False; got "
                             f"{type(exclude_seen).__name__}.")
         users = pd.unique(users)
-        codes = self._encode_users(users)
+        codes = self._encoder().user_codes(users)
         sequences = Sequences(codes, np.zeros(len(codes) + 1, dtype=np.int64),
                               np.empty(0, dtype=np.int64))
         item_idx = np.empty((len(users), k), dtype=np.int64)
@@ -590,7 +497,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         Returns two float arrays (NaN where the row's item is unknown) and the
         rows' user groups; used by the ranking metrics.
         """
-        encoded = self._encode_continuations(X)
+        encoded = self._encoder().continuations(X)
         greater = np.full(len(encoded.row_items), np.nan)
         ties = np.full(len(encoded.row_items), np.nan)
         known = np.flatnonzero(encoded.row_items >= 0)
@@ -603,58 +510,19 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         return greater, ties, encoded.row_groups
 
     # --------------------------------------------------------------- encoding
-    def _check_events(self, X):
-        return check_events(X, self.user_col, self.item_col, self.time_col)
+    def _encoder(self):
+        """An :class:`~skcrnn._encoding.Encoder` over the fitted vocabularies.
 
-    def _encode_users(self, users, rows_per_user=None):
-        """Model codes of distinct ``users``, -1 for those it does not know.
-
-        Unknown users raise or warn as ``handle_unknown`` says. The warning
-        counts them and, given ``rows_per_user`` (the rows of ``X`` of each
-        user, when scoring), the rows they hold; without it the users are
-        being recommended to.
+        Its warnings name the caller of the method that calls the encoder's
+        method: call it where the user's call is one or two frames up, as
+        the public methods here do.
         """
-        codes = self._user_index.get_indexer(users).astype(np.int64)
-        unknown = codes < 0
-        n_unknown = int(unknown.sum())
-        if n_unknown:
-            examples = pd.unique(users[unknown])[:5].tolist()
-            if self.handle_unknown == "error":
-                raise ValueError(
-                    f"{n_unknown} user(s) unknown to the model, e.g. {examples}; "
-                    f"set handle_unknown='ignore' to score them from an empty "
-                    f"history.")
-            if rows_per_user is None:
-                held, verb = "", "recommended"
-            else:
-                held = f" hold {int(rows_per_user[unknown].sum())} row(s) of X"
-                verb = "scored"
-            warnings.warn(
-                f"{n_unknown} user(s) unknown to the model (e.g. {examples})"
-                f"{held}; they are {verb} from an empty history.",
-                UserWarning, stacklevel=3)
-        return codes
-
-    def _encode_continuations(self, X):
         check_is_fitted(self)
-        users, items, times = self._check_events(X)
-        item_codes = self._encode_items(
-            items, remedy="to leave them out of the scoring",
-            outcome="the scoring (NaN) and of the users' histories")
-        row_groups, group_users = pd.factorize(users)
-        user_codes = self._encode_users(
-            np.asarray(group_users, dtype=object) if group_users.dtype == object
-            else np.asarray(group_users),
-            rows_per_user=np.bincount(row_groups, minlength=len(group_users)))
-        return _Continuations.build(row_groups, user_codes, item_codes, times)
-
-    @property
-    def _user_index(self):
-        return pd.Index(self.users_)
-
-    @property
-    def _item_index(self):
-        return pd.Index(self.classes_)
+        return _encoding.Encoder(
+            self.classes_, self.users_,
+            (self.user_col, self.item_col, self.time_col), self.handle_unknown,
+            last_times=getattr(self, "_last_times", None),
+            fitted_time_kind=getattr(self, "_time_kind", None))
 
     # ----------------------------------------------------------- full chunks
     def _full_log_proba(self, sequences, prefixes):
@@ -823,77 +691,6 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         for name, spec in self._saved_attributes.items():
             setattr(self, name,
                     _persistence.from_saved(record[name], spec, sizes, name))
-
-
-class _Appended:
-    """Events appended to the histories, encoded (see ``_encode_appended``)."""
-
-    def __init__(self, sequences, new_users, last_times, new_items):
-        self.sequences = sequences
-        self.new_users = new_users
-        self.last_times = last_times
-        self.new_items = new_items
-
-
-def _concatenate_labels(labels, more):
-    """``labels`` followed by ``more``, an object array where the kinds differ."""
-    if labels.dtype == more.dtype or labels.dtype.kind == more.dtype.kind:
-        return np.concatenate([labels, more])
-    out = np.empty(len(labels) + len(more), dtype=object)
-    out[:len(labels)] = labels
-    out[len(labels):] = more
-    return out
-
-
-class _Continuations:
-    """Rows of a scored frame encoded as continuation sequences.
-
-    Attributes: ``sequences`` (known items only, one group per distinct user
-    of the frame), and per row of the frame its group, its item code (-1 when
-    unknown) and the id of the prefix that precedes it.
-    """
-
-    def __init__(self, sequences, row_groups, row_items, row_prefixes):
-        self.sequences = sequences
-        self.row_groups = row_groups
-        self.row_items = row_items
-        self.row_prefixes = row_prefixes
-
-    @classmethod
-    def build(cls, row_groups, user_codes, item_codes, times):
-        n_groups = len(user_codes)
-        order = time_order(row_groups, times)
-        groups_sorted = row_groups[order]
-        items_sorted = item_codes[order]
-        known = items_sorted >= 0
-        sequences = Sequences(
-            user_codes=user_codes,
-            indptr=group_sorted(groups_sorted[known], n_groups),
-            items=items_sorted[known])
-        # known items of the same group strictly before each sorted row
-        known_before = np.cumsum(known) - known
-        group_first = np.searchsorted(groups_sorted, np.arange(n_groups))
-        known_before -= known_before[group_first][groups_sorted]
-        prefixes_sorted = sequences.prefix_start[groups_sorted] + known_before
-        row_prefixes = np.empty_like(prefixes_sorted)
-        row_prefixes[order] = prefixes_sorted
-        return cls(sequences, row_groups, item_codes, row_prefixes)
-
-
-def _as_label_array(values, name):
-    if isinstance(values, (pd.DataFrame, dict)):
-        raise TypeError(f"{name} must be a scalar label or a 1-d list of labels; "
-                        f"got {type(values).__name__}.")
-    array = np.asarray(values if not np.isscalar(values) else [values])
-    if array.dtype.kind == "U":
-        array = array.astype(object)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional; got shape {array.shape}.")
-    if len(array) == 0:
-        raise ValueError(f"{name} is empty.")
-    if pd.isna(array).any():
-        raise ValueError(f"{name} contains missing values (NaN/None).")
-    return array
 
 
 def _mask_seen(log_proba, history, user_codes):
