@@ -536,8 +536,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         to its last prefix only.
         """
         prefixes = np.asarray(prefixes, dtype=np.int64)
-        starts = sequences.prefix_start
-        group = np.searchsorted(starts, prefixes, side="right") - 1
+        group = sequences.group_of(prefixes)
         # prefix ids grow with the group, then the position inside it
         order = np.argsort(prefixes, kind="stable")
         rows_per_block = max(1, _CHUNK_CELLS // self.n_items_)
