@@ -118,6 +118,9 @@ class Encoder:
             raise TypeError(
                 f"X[{time_col!r}] holds {kind} times, but the model was "
                 f"fitted with {self.fitted_time_kind} times; convert them.")
+        user_col, item_col = self.columns[:2]
+        check_same_kind(users, self.users, f"X[{user_col!r}]", "users")
+        check_same_kind(items, self.classes, f"X[{item_col!r}]", "items")
         new_items = np.empty(0, dtype=self.classes.dtype)
         if learn_items:
             item_codes = self.item_index.get_indexer(items).astype(np.int64)
@@ -267,6 +270,35 @@ class Continuations:
         row_prefixes = np.empty_like(prefixes_sorted)
         row_prefixes[order] = prefixes_sorted
         return cls(sequences, row_groups, item_codes, row_prefixes)
+
+
+#: Kinds of labels (pandas' ``infer_dtype``) that mix in one vocabulary.
+_KIND_FAMILY = {"integer": "numeric", "floating": "numeric",
+                "mixed-integer-float": "numeric", "decimal": "numeric",
+                "boolean": "boolean", "string": "string", "bytes": "bytes"}
+
+
+def label_kind(labels):
+    """The kind of a vocabulary's or a column's labels: numeric, boolean, string, bytes."""
+    kind = pd.api.types.infer_dtype(labels, skipna=False)
+    return _KIND_FAMILY.get(kind, kind)
+
+
+def check_same_kind(labels, vocabulary, what, whose):
+    """Raise ``TypeError`` unless ``labels`` are of the ``vocabulary``'s kind.
+
+    ``fit`` takes labels of one kind per column; a vocabulary that grows
+    (``update``, ``partial_fit``) keeps that rule: booleans never join
+    numbers (``True == 1``), nor the string ``"1"`` the integer 1.
+    """
+    if not len(labels) or not len(vocabulary):
+        return
+    new, fitted = label_kind(labels), label_kind(vocabulary)
+    if new != fitted:
+        raise TypeError(
+            f"{what} holds {new} labels, but the model's {whose} are {fitted} "
+            f"labels: a column holds labels of one kind, as in fit. Convert "
+            f"them; nothing was changed.")
 
 
 def grown(labels, more):

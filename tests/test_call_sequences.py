@@ -87,3 +87,30 @@ def test_the_bounds_themselves_are_accepted(params):
     model = CollaborativeGRURecommender(hidden_size=2, max_epochs=1, device="cpu",
                                         random_state=0, **params).fit(events)
     assert np.isfinite(model.score(events))
+
+
+@pytest.mark.parametrize("method", ["update", "partial_fit"])
+@pytest.mark.parametrize("column, value", [("item", True), ("item", "1"),
+                                           ("user", True), ("user", "7"),
+                                           ("item", b"1")])
+def test_labels_of_another_kind_are_refused_and_change_nothing(method, column, value):
+    """Item 4: a boolean item joined an integer vocabulary and broke the model."""
+    train = frame([1, 1, 2, 2], [0, 1, 1, 2], [1, 2, 1, 2])
+    model = BigramRecommender().fit(train)
+    before = (model.classes_.copy(), model.users_.copy(), model.score(train))
+    new = {"user": 1, "item": 2, "timestamp": 3}
+    new[column] = value
+    with pytest.raises(TypeError, match=f"X\\['{column}'\\] holds .* labels"):
+        getattr(model, method)(pd.DataFrame([new]))
+    np.testing.assert_array_equal(model.classes_, before[0])
+    np.testing.assert_array_equal(model.users_, before[1])
+    assert model.score(train) == before[2]
+    model.partial_fit(frame([3], [3], [4]))  # still usable
+    assert list(model.classes_) == [0, 1, 2, 3]
+
+
+def test_numbers_of_both_kinds_still_join():
+    train = frame([1, 1], [0, 1], [1, 2])
+    model = BigramRecommender().fit(train)
+    model.partial_fit(frame([1], [2.5], [3]))
+    assert model.n_items_ == 3
