@@ -425,10 +425,21 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         """
         encoded = self._encoder().continuations(X)
         best = np.empty(len(encoded.row_items), dtype=np.int64)
+        label_order = self._label_order()
         for rows, log_proba in self._full_log_proba(encoded.sequences,
                                                     encoded.row_prefixes):
-            best[rows] = np.argmax(log_proba, axis=1)
+            best[rows] = label_order[np.argmax(log_proba[:, label_order], axis=1)]
         return self.classes_[best]
+
+    def _label_order(self):
+        """Item codes in the order of their labels: how ties are broken.
+
+        ``classes_`` is sorted after ``fit``; ``partial_fit`` appends new
+        items at its end. Breaking ties by label, not by code, makes
+        ``predict`` and ``recommend`` after ``partial_fit`` those of a fit
+        on all the events.
+        """
+        return np.argsort(self.classes_, kind="stable")
 
     def recommend(self, users, k=10, exclude_seen=False):
         """The ``k`` most probable next items of each user.
@@ -444,6 +455,10 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         exclude_seen : bool, default=False
             Leave out items in the user's training history (a user may then get
             fewer than ``k`` rows). A Python or numpy boolean.
+
+        Items of equal probability are ranked by their labels (ascending), so
+        a model grown by ``partial_fit`` ranks ties as one fitted on all the
+        events does.
 
         Returns
         -------
@@ -476,11 +491,13 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
                               np.empty(0, dtype=np.int64))
         item_idx = np.empty((len(users), k), dtype=np.int64)
         scores = np.empty((len(users), k))
+        label_order = self._label_order()
         for rows, log_proba in self._full_log_proba(sequences,
                                                     sequences.prefix_start):
             if exclude_seen:
                 _mask_seen(log_proba, self._history, codes[rows])
-            item_idx[rows], scores[rows] = _top_k(log_proba, k)
+            top, scores[rows] = _top_k(log_proba[:, label_order], k)
+            item_idx[rows] = label_order[top]
         frame = pd.DataFrame({
             self.user_col: np.repeat(users, k),
             self.item_col: self.classes_[item_idx.ravel()],

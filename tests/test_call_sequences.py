@@ -4,6 +4,8 @@ Each test failed on the code before its fix (the item of the issue it covers
 is named); the stateful test of every sequence is ``test_stateful.py``.
 """
 
+from contextlib import nullcontext
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,3 +116,20 @@ def test_numbers_of_both_kinds_still_join():
     model = BigramRecommender().fit(train)
     model.partial_fit(frame([1], [2.5], [3]))
     assert model.n_items_ == 3
+
+
+def test_ties_after_partial_fit_rank_as_a_fit_on_all_events():
+    """Item 10: ties followed classes_ order, new items last."""
+    first = frame(["u", "u", "v"], ["m", "z", "m"], [1, 2, 1])
+    more = frame(["v", "w"], ["b", "k"], [2, 1])
+    grown = BigramRecommender(alpha=1.0).fit(first).partial_fit(more)
+    whole = BigramRecommender(alpha=1.0).fit(pd.concat([first, more]))
+    assert list(grown.classes_) != list(whole.classes_)  # appended, not sorted
+    for users in (["u", "v", "w"], ["stranger"]):
+        with pytest.warns(UserWarning) if users == ["stranger"] else nullcontext():
+            got = grown.recommend(users, k=4)
+        with pytest.warns(UserWarning) if users == ["stranger"] else nullcontext():
+            expected = whole.recommend(users, k=4)
+        pd.testing.assert_frame_equal(got, expected)
+    rows = frame(["w", "w", "u"], ["k", "m", "z"], [3, 4, 5])
+    np.testing.assert_array_equal(grown.predict(rows), whole.predict(rows))
