@@ -7,7 +7,8 @@
   stopping, resuming);
 - :mod:`.optim`: RMSProp and Adam with lazy updates of the rows a step reads;
 - :mod:`.output`: the softmax output layer, for training (blocked
-  cross-entropy with a hand-written backward) and for exact scoring;
+  cross-entropy with a hand-written backward) and for exact scoring, with
+  an optional per-row adjustment that a model supplies;
 - :mod:`.batching`: windows, padding and length-sorted batches of sequences;
 - :mod:`.checkpoint`: the checkpoint file of a fit;
 - :mod:`.runtime`: device resolution, the CPU thread policy, seeds.
