@@ -17,6 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from .._torch.batching import make_batches, window
 from .._torch.estimator import TorchRecommender
 from .._torch.output import UnigramProposal, log_proba, unseen_item_bias
+from .._torch.validation import Validation
 from .copy import copy_gate, mixture
 from .network import CollaborativeRNN
 from .recurrence import forward_states
@@ -800,39 +801,31 @@ class _NoisyBatch(NamedTuple):
         return _NoisyBatch(self.batch.restricted(local_code), self.seed)
 
 
-class _Validation:
-    """Validation loss of the current weights, as a callable for ``train``.
+class _Validation(Validation):
+    """Validation of the recurrent network (:class:`~skcrnn._torch.validation.Validation`).
 
     ``sequences`` holds each user's (possibly truncated) training part
     followed by the user's held-out events; ``n_head[g]`` is the length of
     the training part. The held-out events are scored continuing from the
-    state at the end of the training part, in single precision; the loss is
-    the mean over users of the mean negative log-likelihood of their
-    held-out events.
+    state at the end of the training part, in single precision; with the
+    copy gate, ``past`` holds each event's ``log_copy`` and ``log_mass``
+    (:meth:`.copy.HistoryCopy.event_past`).
     """
 
     def __init__(self, network, sequences, n_head, initial_state, past=None):
+        super().__init__(sequences, n_head)
         self.network = network
         self.initial_state = float(initial_state)
-        position = sequences.position_of_event
-        group = sequences.group_of_event
-        held_out = np.flatnonzero(position >= n_head[group])
-        self.sequences = sequences
-        self.prefixes = held_out + group[held_out]
-        self.targets = sequences.items[held_out]
-        self.groups = np.unique(group[held_out], return_inverse=True)[1]
         self.past = None if past is None else {
-            name: values[held_out] for name, values in past.items()}
+            name: values[self.held_out.index] for name, values in past.items()}
 
-    def __call__(self):
-        device = self.network.item_input.device
-        start = torch.full((self.sequences.n_groups, self.network.hidden_size),
-                           self.initial_state, dtype=_VALIDATION_DTYPE, device=device)
-        states = forward_states(self.network, self.sequences, start, self.prefixes,
+    def log_proba(self):
+        network = self.network
+        start = torch.full((self.sequences.n_groups, network.hidden_size),
+                           self.initial_state, dtype=_VALIDATION_DTYPE,
+                           device=network.item_input.device)
+        states = forward_states(network, self.sequences, start, self.held_out.prefixes,
                                 dtype=_VALIDATION_DTYPE)
-        nll = -log_proba(states, self.network.output_weight, self.network.output_bias,
-                         self.targets, dtype=_VALIDATION_DTYPE,
-                         adjust=mixture(self.network, states, self.past))
-        sums = np.bincount(self.groups, weights=nll)
-        counts = np.bincount(self.groups)
-        return float(np.mean(sums / counts))
+        return log_proba(states, network.output_weight, network.output_bias,
+                         self.held_out.targets, dtype=_VALIDATION_DTYPE,
+                         adjust=mixture(network, states, self.past))

@@ -5,6 +5,9 @@
   save/load/pickle of the network);
 - :mod:`.loop`: the training loop (epochs, divergence check, early
   stopping, resuming);
+- :mod:`.validation`: the held-out events and their validation loss (the
+  per-user mean), one for all models, each supplying the events'
+  log-probabilities;
 - :mod:`.optim`: RMSProp and Adam with lazy updates of the rows a step reads;
 - :mod:`.output`: the softmax output layer, for training (blocked
   cross-entropy with a hand-written backward) and for exact scoring, with
