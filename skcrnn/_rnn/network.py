@@ -18,6 +18,8 @@ the parameters are
     the copy gate, ``g = sigmoid(gate_weight . [h, log Z] + gate_bias)``,
     that mixes the softmax with the user's past items (``Z``: their total
     weight; the gate and what it reads are :mod:`.copy`'s).
+
+The module prints its settings (``extra_repr``): its :attr:`~CollaborativeRNN.config`.
 """
 
 import math
@@ -116,6 +118,10 @@ class CollaborativeRNN(nn.Module):
             # only where needed: files of the paper's networks keep their keys
             config.update(recurrent_kind=self.recurrent_kind, rank=self.rank)
         return config
+
+    def extra_repr(self):
+        """The settings, as ``torch.nn`` modules print them: :attr:`config`."""
+        return ", ".join(f"{name}={value!r}" for name, value in self.config.items())
 
     @property
     def n_users(self):
