@@ -12,12 +12,12 @@ import torch
 from sklearn.base import clone
 
 from skcrnn import CollaborativeGRURecommender
-from skcrnn._decayed_counts import PastWeights, total_weight
 from skcrnn._events import Sequences
+from skcrnn._rnn.copy import Copy, PastWeights, total_weight
 from skcrnn._rnn.network import CollaborativeRNN
 from skcrnn._rnn.tbptt import chunk_losses
 from skcrnn._torch.batching import make_batches
-from skcrnn._torch.output import Copy, log_proba, summed_cross_entropy
+from skcrnn._torch.output import log_proba, summed_cross_entropy
 
 from .test_rnn import Naive, tiny_sequences
 
@@ -85,7 +85,7 @@ def test_mixture_loss_and_gradients_match_autograd():
 
     # blocks of 16 rows: several blocks, the last one short
     loss = summed_cross_entropy(hidden, weight, bias, targets, block_cells=16 * n_items,
-                                copy=Copy(gate_logits, copied.log()))
+                                adjust=Copy(gate_logits, copied.log()))
     got = torch.autograd.grad(loss, (hidden, weight, bias, gate), retain_graph=True)
     softmax = torch.softmax(hidden @ weight.T + bias, dim=1)[torch.arange(n), targets]
     share = torch.sigmoid(gate_logits)
@@ -98,7 +98,7 @@ def test_mixture_loss_and_gradients_match_autograd():
     assert (got[3][no_past] == 0).all()
 
     scored = log_proba(hidden.detach(), weight.detach(), bias.detach(),
-                       targets.numpy(), copy=Copy(gate_logits.detach(), copied.log()))
+                       targets.numpy(), adjust=Copy(gate_logits.detach(), copied.log()))
     assert -scored.sum() == pytest.approx(naive.item(), rel=1e-12)
 
 

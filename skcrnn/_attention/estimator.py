@@ -15,6 +15,7 @@ from sklearn.utils._param_validation import Interval
 from .._events import Sequences
 from .._torch.estimator import TorchRecommender
 from .._torch.output import log_proba, unseen_item_bias
+from .._torch.validation import Validation
 from .network import SelfAttentionNetwork
 from .windows import TrainingWindows, query_hidden, with_history
 
@@ -388,33 +389,24 @@ class SelfAttentionRecommender(TorchRecommender):
                          dtype=_INFERENCE_DTYPE)
 
 
-class _Validation:
-    """Validation loss of the current weights, as a callable for ``train``.
+class _Validation(Validation):
+    """Validation of the attention network (:class:`~skcrnn._torch.validation.Validation`).
 
-    The events after the first ``n_train`` of each user are predicted from
-    the windows that scoring reads (the user's earlier events, held-out ones
-    included), without dropout, in single precision; the loss is the mean
-    over users of the mean negative log-likelihood of their held-out events.
+    The held-out events are predicted from the windows that scoring reads
+    (the user's earlier events, held-out ones included), without dropout,
+    in single precision.
     """
 
     def __init__(self, network, sequences, n_train):
+        super().__init__(sequences, n_train)
         self.network = network
-        self.sequences = sequences
-        position = sequences.position_of_event
-        group = sequences.group_of_event
-        held_out = np.flatnonzero(position >= n_train[group])
-        self.groups = group[held_out]
-        self.queries = position[held_out]
-        self.targets = sequences.items[held_out]
-        self.user_of_row = np.unique(self.groups, return_inverse=True)[1]
 
-    def __call__(self):
-        hidden = query_hidden(self.network, self.sequences, self.groups, self.queries,
-                              _VALIDATION_DTYPE)
-        nll = -log_proba(hidden, self.network.output_matrix(), self.network.output_bias,
-                         self.targets, dtype=_VALIDATION_DTYPE)
-        sums = np.bincount(self.user_of_row, weights=nll)
-        return float(np.mean(sums / np.bincount(self.user_of_row)))
+    def log_proba(self):
+        held_out = self.held_out
+        hidden = query_hidden(self.network, self.sequences, held_out.groups,
+                              held_out.positions, _VALIDATION_DTYPE)
+        return log_proba(hidden, self.network.output_matrix(), self.network.output_bias,
+                         held_out.targets, dtype=_VALIDATION_DTYPE)
 
 
 def _no_events(user_code):

@@ -30,6 +30,9 @@ Dropout (training only) applies to the input vectors, to the attention
 weights and to each block's two residual branches (and inside the
 feed-forward layer); its masks are drawn from a given ``torch.Generator``,
 so that a seeded fit is reproducible.
+
+The module prints its settings (``extra_repr``): its
+:attr:`~SelfAttentionNetwork.config`.
 """
 
 import math
@@ -119,6 +122,10 @@ class SelfAttentionNetwork(nn.Module):
                 "n_heads": self.n_heads, "max_history": self.max_history,
                 "user_embedding": self.has_user_embedding,
                 "tie_weights": self.tie_weights}
+
+    def extra_repr(self):
+        """The settings, as ``torch.nn`` modules print them: :attr:`config`."""
+        return ", ".join(f"{name}={value!r}" for name, value in self.config.items())
 
     def output_matrix(self):
         """The output layer's weights (``output_weight``, or the item embeddings)."""

@@ -8,6 +8,8 @@
   hand-written BPTT, the autograd reference, scoring);
 - :mod:`.tbptt`: a batch's chunks of truncated back-propagation through time,
   as training steps;
+- :mod:`.copy`: the copy gate (``copy_history``): the decayed history it
+  reads, the gate and the mixture's exact log-probability;
 - :mod:`.estimator`: :class:`CollaborativeGRURecommender`, parameters to
   network and batches; the rest is :mod:`skcrnn._torch`'s.
 """

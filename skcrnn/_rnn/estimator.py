@@ -1,8 +1,9 @@
 """The collaborative RNN recommender (Ko, Maystre & Grossglauser, ACML 2016).
 
 The estimator turns its parameters into a :class:`.network.CollaborativeRNN`
-and its training batches (:mod:`.tbptt`); everything else of fitting,
-scoring, saving and loading is :class:`~skcrnn._torch.TorchRecommender`'s.
+and its training batches (:mod:`.tbptt`); the copy gate (``copy_history``)
+is :mod:`.copy`'s; everything else of fitting, scoring, saving and loading
+is :class:`~skcrnn._torch.TorchRecommender`'s.
 """
 
 import os
@@ -10,16 +11,14 @@ from numbers import Integral, Real
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .. import _persistence
-from .._decayed_counts import PastWeights, scaled_rows, total_weight
-from .._sparse import dense_rows, lookup
-from .._torch.batching import make_batches, window, window_mask
+from .._torch.batching import make_batches, window
 from .._torch.estimator import TorchRecommender
-from .._torch.output import Copy, UnigramProposal, log_proba, unseen_item_bias
+from .._torch.output import UnigramProposal, log_proba, unseen_item_bias
+from .._torch.validation import Validation
+from .copy import copy_gate, mixture
 from .network import CollaborativeRNN
 from .recurrence import forward_states
 from .tbptt import BPTT, chunk_losses, n_chunks
@@ -561,11 +560,8 @@ class CollaborativeGRURecommender(TorchRecommender):
         start = float(self.initial_state)
         if continuation:
             start = self._continuation_starts(network, sequences, first)
-        event_values = None
-        if self.copy_history:
-            keep = window_mask(sequences, first, n_train)
-            event_values = {name: values[keep].astype(np.float32) for name, values
-                            in self._past_of_events(sequences, continuation).items()}
+        event_values = self._copy_gate().event_past(sequences, first, n_train,
+                                                    continuation, dtype=np.float32)
         trained = window(sequences, first, n_train)
         batches = make_batches(trained, self.batch_size, device,
                                event_values=event_values)
@@ -643,11 +639,7 @@ class CollaborativeGRURecommender(TorchRecommender):
 
     def _validation(self, network, sequences, n_train):
         first = self._first_trained(n_train)
-        past = None
-        if self.copy_history:
-            keep = window_mask(sequences, first, sequences.lengths)
-            past = {name: values[keep] for name, values
-                    in self._past_of_events(sequences).items()}
+        past = self._copy_gate().event_past(sequences, first, sequences.lengths)
         return _Validation(network, window(sequences, first, sequences.lengths),
                            n_train - first, self.initial_state, past)
 
@@ -656,9 +648,7 @@ class CollaborativeGRURecommender(TorchRecommender):
         self.final_states_ = forward_states(
             self.network_, sequences, start, sequences.prefix_start + sequences.lengths,
             dtype=_INFERENCE_DTYPE)
-        if self.copy_history:
-            self.history_weights_ = PastWeights(sequences, self.copy_decay,
-                                                self.n_items_).final()
+        self._copy_gate().after_fit(sequences)
 
     def _initial_rows(self, name, known, n_new, n_seen):
         """New items: zero output weights and the bias of an unseen item's prior.
@@ -699,18 +689,7 @@ class CollaborativeGRURecommender(TorchRecommender):
         final_states[:len(self.final_states_)] = self.final_states_
         final_states[torch.as_tensor(codes, device=final_states.device)] = advanced
         self.final_states_ = final_states
-        if self.copy_history:
-            # w after the new events: the old weights decayed by as many
-            # events, plus the new events' own
-            decay = np.ones(self.n_users_)
-            decay[codes] = float(self.copy_decay) ** continuation.lengths
-            to_users = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
-                                     shape=(self.n_users_, len(codes)))
-            weights = scaled_rows(self._history_cache(), decay) + (
-                to_users @ PastWeights(continuation, self.copy_decay,
-                                       self.n_items_).final())
-            weights.sort_indices()  # for _sparse.lookup
-            self.history_weights_ = weights
+        self._copy_gate().append(continuation)
 
     def _check_restored(self):
         if (self.final_states_.shape != (self.n_users_, self.network_.hidden_size)
@@ -743,90 +722,19 @@ class CollaborativeGRURecommender(TorchRecommender):
         super()._learn_events(continuation, previous_history)
 
     def _fitted_state(self):
-        state = super()._fitted_state()
-        if self.copy_history:
-            state["history_weights"] = _persistence.to_saved(self.history_weights_)
-        return state
+        return {**super()._fitted_state(), **self._copy_gate().fitted_state()}
 
     def _restore_fitted_state(self, record, device):
-        if self.copy_history:
-            self.history_weights_ = _persistence.from_saved(
-                record["history_weights"], ("n_users", "n_items"),
-                {"n_users": self.n_users_, "n_items": self.n_items_},
-                "history_weights")
+        self._copy_gate().restore(record)
         super()._restore_fitted_state(record, device)
 
     # ------------------------------------------------------ the copy gate
-    def _history_cache(self):
-        """``history_weights_`` grown (zero rows, columns) to the vocabularies."""
-        cache = self.history_weights_
-        if cache.shape == (self.n_users_, self.n_items_):
-            return cache
-        grown = sp.csr_matrix((cache.data, cache.indices, np.append(
-            cache.indptr, np.full(self.n_users_ - cache.shape[0], cache.indptr[-1]))),
-            shape=(self.n_users_, self.n_items_))
-        return grown
+    def _copy_gate(self):
+        """The copy gate's part of the model (:func:`.copy.copy_gate`).
 
-    def _past_of_events(self, sequences, continuation=False):
-        """Each event's ``log_copy`` and ``log_mass`` (see :func:`.tbptt.chunk_losses`).
-
-        The past of an event is its group's earlier events, after, when the
-        sequences are a ``continuation`` (``partial_fit``), the user's
-        history before them (``_history`` holds them already).
+        Every use of ``copy_history`` goes through it: a no-op without.
         """
-        history_lengths = None
-        if continuation:
-            history_lengths = (self._history.lengths[sequences.user_codes]
-                               - sequences.lengths)
-        return self._past(sequences, sequences.group_of_event,
-                          sequences.position_of_event, sequences.items,
-                          history_lengths)
-
-    def _past(self, sequences, groups, lengths, targets=None, history_lengths=None):
-        """The copy component's inputs at prefixes of ``sequences``.
-
-        Parameters
-        ----------
-        sequences : Sequences
-        groups, lengths : ndarray of int
-            The prefixes: the first ``lengths[j]`` items of group ``groups[j]``.
-        targets : ndarray of int, optional
-            One item per prefix; without them, every item.
-        history_lengths : ndarray of int, optional
-            Events of each group's user before the sequence, whose weights
-            are ``history_weights_``; None: the sequences start the
-            histories.
-
-        Returns
-        -------
-        dict
-            ``log_copy``: ``log(w(i) / Z)`` of each prefix's target (shape
-            ``(n,)``) or of every item (``(n, n_items)``), ``-inf`` where
-            ``w(i) = 0``; ``log_mass``: ``log Z`` (shape ``(n,)``), ``-inf``
-            for an empty past.
-        """
-        decay = float(self.copy_decay)
-        within = PastWeights(sequences, decay, self.n_items_)
-        mass = total_weight(lengths, decay)
-        if targets is not None:
-            weights = within.at(groups, lengths, targets)
-        else:
-            weights = within.rows(groups, lengths).toarray()
-        if history_lengths is not None:
-            users = sequences.user_codes[groups]
-            scale = decay ** np.asarray(lengths, dtype=np.float64)
-            mass = mass + scale * total_weight(history_lengths[groups], decay)
-            cache = self._history_cache()
-            if targets is not None:
-                weights = weights + scale * lookup(cache, users, targets)
-            else:
-                weights = weights + scale[:, None] * dense_rows(cache, users)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_mass = np.log(mass)
-            denominator = log_mass if targets is not None else log_mass[:, None]
-            log_copy = np.where(np.isfinite(denominator),
-                                np.log(weights) - denominator, -np.inf)
-        return {"log_copy": log_copy, "log_mass": log_mass}
+        return copy_gate(self)
 
     # -------------------------------------------------------------- scoring
     def _cached_states(self, user_codes):
@@ -851,18 +759,10 @@ class CollaborativeGRURecommender(TorchRecommender):
         start = self._start_states(sequences.user_codes)
         states = forward_states(self.network_, sequences, start, prefixes,
                                 dtype=_INFERENCE_DTYPE)
-        copy = None
-        if self.copy_history:
-            groups = sequences.group_of(prefixes)
-            users = sequences.user_codes
-            history_lengths = np.where(
-                users >= 0, self._history.lengths[np.maximum(users, 0)], 0)
-            past = self._past(sequences, groups, prefixes - sequences.prefix_start[groups],
-                              targets, history_lengths)
-            copy = _copy_component(self.network_, states, past)
+        past = self._copy_gate().prefix_past(sequences, prefixes, targets)
         return log_proba(states, self.network_.output_weight,
                          self.network_.output_bias, targets, dtype=_INFERENCE_DTYPE,
-                         copy=copy)
+                         adjust=mixture(self.network_, states, past))
 
 
 class _NoisyBatches:
@@ -904,49 +804,31 @@ class _NoisyBatch(NamedTuple):
         return _NoisyBatch(self.batch.restricted(local_code), self.seed)
 
 
-class _Validation:
-    """Validation loss of the current weights, as a callable for ``train``.
+class _Validation(Validation):
+    """Validation of the recurrent network (:class:`~skcrnn._torch.validation.Validation`).
 
     ``sequences`` holds each user's (possibly truncated) training part
     followed by the user's held-out events; ``n_head[g]`` is the length of
     the training part. The held-out events are scored continuing from the
-    state at the end of the training part, in single precision; the loss is
-    the mean over users of the mean negative log-likelihood of their
-    held-out events.
+    state at the end of the training part, in single precision; with the
+    copy gate, ``past`` holds each event's ``log_copy`` and ``log_mass``
+    (:meth:`.copy.HistoryCopy.event_past`).
     """
 
     def __init__(self, network, sequences, n_head, initial_state, past=None):
+        super().__init__(sequences, n_head)
         self.network = network
         self.initial_state = float(initial_state)
-        position = sequences.position_of_event
-        group = sequences.group_of_event
-        held_out = np.flatnonzero(position >= n_head[group])
-        self.sequences = sequences
-        self.prefixes = held_out + group[held_out]
-        self.targets = sequences.items[held_out]
-        self.groups = np.unique(group[held_out], return_inverse=True)[1]
         self.past = None if past is None else {
-            name: values[held_out] for name, values in past.items()}
+            name: values[self.held_out.index] for name, values in past.items()}
 
-    def __call__(self):
-        device = self.network.item_input.device
-        start = torch.full((self.sequences.n_groups, self.network.hidden_size),
-                           self.initial_state, dtype=_VALIDATION_DTYPE, device=device)
-        states = forward_states(self.network, self.sequences, start, self.prefixes,
+    def log_proba(self):
+        network = self.network
+        start = torch.full((self.sequences.n_groups, network.hidden_size),
+                           self.initial_state, dtype=_VALIDATION_DTYPE,
+                           device=network.item_input.device)
+        states = forward_states(network, self.sequences, start, self.held_out.prefixes,
                                 dtype=_VALIDATION_DTYPE)
-        copy = None
-        if self.past is not None:
-            copy = _copy_component(self.network, states, self.past)
-        nll = -log_proba(states, self.network.output_weight, self.network.output_bias,
-                         self.targets, dtype=_VALIDATION_DTYPE, copy=copy)
-        sums = np.bincount(self.groups, weights=nll)
-        counts = np.bincount(self.groups)
-        return float(np.mean(sums / counts))
-
-
-def _copy_component(network, states, past):
-    """The :class:`~skcrnn._torch.output.Copy` of ``states`` given :meth:`_past`'s arrays."""
-    def as_tensor(values):
-        return torch.as_tensor(values, dtype=states.dtype, device=states.device)
-    return Copy(network.gate_logits(states, as_tensor(past["log_mass"])),
-                as_tensor(past["log_copy"]))
+        return log_proba(states, network.output_weight, network.output_bias,
+                         self.held_out.targets, dtype=_VALIDATION_DTYPE,
+                         adjust=mixture(network, states, self.past))

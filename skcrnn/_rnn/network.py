@@ -17,7 +17,9 @@ the parameters are
 ``gate_weight`` (H + 1,) and ``gate_bias`` (1,), with ``copy_history``
     the copy gate, ``g = sigmoid(gate_weight . [h, log Z] + gate_bias)``,
     that mixes the softmax with the user's past items (``Z``: their total
-    weight, see :mod:`skcrnn._decayed_counts`).
+    weight; the gate and what it reads are :mod:`.copy`'s).
+
+The module prints its settings (``extra_repr``): its :attr:`~CollaborativeRNN.config`.
 """
 
 import math
@@ -117,6 +119,10 @@ class CollaborativeRNN(nn.Module):
             config.update(recurrent_kind=self.recurrent_kind, rank=self.rank)
         return config
 
+    def extra_repr(self):
+        """The settings, as ``torch.nn`` modules print them: :attr:`config`."""
+        return ", ".join(f"{name}={value!r}" for name, value in self.config.items())
+
     @property
     def n_users(self):
         """Users with their own recurrent parameters (1 with shared weights)."""
@@ -146,28 +152,6 @@ class CollaborativeRNN(nn.Module):
                 self.gate_weight.zero_()
                 self.gate_bias.zero_()
         return self
-
-    def gate_logits(self, states, log_mass):
-        """The copy gate's logits, ``-inf`` (no copy) where there is no past.
-
-        Parameters
-        ----------
-        states : Tensor of shape (N, H)
-            The states that predict the next items.
-        log_mass : Tensor of shape (N,)
-            ``log Z`` of the user's past items before each of them, ``-inf``
-            for an empty past.
-
-        Returns
-        -------
-        Tensor of shape (N,), in the type of ``states``
-        """
-        has_past = torch.isfinite(log_mass)
-        weight = self.gate_weight.to(states.dtype)
-        logits = (states @ weight[:-1]
-                  + torch.where(has_past, log_mass, 0.0).to(states.dtype) * weight[-1]
-                  + self.gate_bias.to(states.dtype))
-        return torch.where(has_past, logits, float("-inf"))
 
     def recurrent_for(self, users, dtype=None):
         """The recurrent matrices of a batch of users, for the cell's step.

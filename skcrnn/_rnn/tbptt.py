@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from .._torch.loop import Step
 from .._torch.optim import Rows
-from .._torch.output import Copy, sampled_cross_entropy, summed_cross_entropy
+from .._torch.output import sampled_cross_entropy, summed_cross_entropy
+from .copy import mixture
 from .recurrence import autograd_states, chunk_states
 
 #: How a chunk's gradients are computed: the hand-written BPTT of
@@ -88,7 +89,8 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
 
     With the network's copy gate, ``batch.event_values`` holds each event's
     ``log_copy`` (log-probability of its item under the user's past items)
-    and ``log_mass`` (``log Z`` of that past), padded like the items.
+    and ``log_mass`` (``log Z`` of that past), padded like the items, and
+    the loss is that of the mixture (:mod:`.copy`).
     """
     run = BPTT[bptt]
     device = batch.items.device
@@ -135,13 +137,12 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
         targets = items.flatten().index_select(0, real)
         copy = None
         if network.copy_history:
-            past = {name: values[:active, start:stop].flatten().index_select(0, real)
-                    for name, values in batch.event_values.items()}
-            copy = Copy(network.gate_logits(states, past["log_mass"]),
-                        past["log_copy"])
+            copy = mixture(network, states, {
+                name: values[:active, start:stop].flatten().index_select(0, real)
+                for name, values in batch.event_values.items()})
         if proposal is None:
             nll = summed_cross_entropy(states, network.output_weight,
-                                       network.output_bias, targets, copy=copy)
+                                       network.output_bias, targets, adjust=copy)
         else:
             nll = _sampled_nll(network, states, targets, proposal, generator, rows)
         objective = nll

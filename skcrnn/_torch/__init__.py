@@ -5,9 +5,13 @@
   save/load/pickle of the network);
 - :mod:`.loop`: the training loop (epochs, divergence check, early
   stopping, resuming);
+- :mod:`.validation`: the held-out events and their validation loss (the
+  per-user mean), one for all models, each supplying the events'
+  log-probabilities;
 - :mod:`.optim`: RMSProp and Adam with lazy updates of the rows a step reads;
 - :mod:`.output`: the softmax output layer, for training (blocked
-  cross-entropy with a hand-written backward) and for exact scoring;
+  cross-entropy with a hand-written backward) and for exact scoring, with
+  an optional per-row adjustment that a model supplies;
 - :mod:`.batching`: windows, padding and length-sorted batches of sequences;
 - :mod:`.checkpoint`: the checkpoint file of a fit, and the fit's
   fingerprint;

@@ -32,8 +32,10 @@ A model is a subclass that supplies its network and its batches:
     (``partial_fit``) and each user's training starts where its history
     left off;
 ``_validation(network, sequences, n_train)``
-    a callable that returns the validation loss of the network's current
-    weights on the events after the first ``n_train`` of each user;
+    the validation loss of the network's current weights on the events
+    after the first ``n_train`` of each user: a :class:`.validation.Validation`
+    (held-out events, per-user mean) whose subclass computes those events'
+    log-probabilities;
 ``_network_log_proba(sequences, prefixes, targets)``
     scoring with the fitted ``network_`` (see ``BaseRecommender._log_proba``);
 ``_after_fit(sequences)``, optional
@@ -127,7 +129,7 @@ class TorchRecommender(BaseRecommender):
 
     @abstractmethod
     def _validation(self, network, sequences, n_train):
-        """The validation loss callable of the events after ``n_train``."""
+        """The :class:`.validation.Validation` of the events after ``n_train``."""
 
     @abstractmethod
     def _network_log_proba(self, sequences, prefixes, targets=None):

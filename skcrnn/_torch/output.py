@@ -17,15 +17,29 @@ so that no ``(rows x items)`` tensor larger than a block ever exists:
 :func:`log_proba`
     exact next-item log-probabilities for scoring (all items, or only given
     targets), in the precision asked for;
-:class:`Copy`
-    the optional copy component of both: a learned gate mixes the softmax
-    with a distribution over the user's own past items;
 :func:`unseen_item_bias`
     the output bias of items added to the catalogue (``partial_fit``).
+
+A model may change the softmax's log-probabilities ``l`` of each row into
+``a_n(l)`` (for instance, a mixture with another distribution), in training
+and in scoring alike: it passes an *adjustment* as ``adjust`` to
+:func:`summed_cross_entropy` and :func:`log_proba`, an object with
+
+``row_values``
+    a tensor of shape ``(N,)``, one value per row, on which ``a_n`` depends
+    (training differentiates the loss with respect to it);
+``adjusted(log_proba, rows)``
+    the adjusted log-probabilities of the rows ``rows`` (a slice), given
+    their ``log_proba`` (shape ``(m,)``, each row's target, or ``(m, V)``),
+    in its type (scoring);
+``target_loss(log_proba, rows)``
+    for the targets' ``log_proba`` (shape ``(m,)``) of the rows ``rows``:
+    the loss ``-a(l_y)``, its derivative ``a'(l_y)`` (which scales the
+    plain cross-entropy's gradient ``p - onehot(y)``) and its derivative
+    with respect to ``row_values[rows]`` (training).
 """
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,7 +54,7 @@ BLOCK_CELLS = {"cpu": 2 ** 21, "cuda": 2 ** 26}
 
 
 def summed_cross_entropy(hidden, weight, bias, targets, block_cells=None,
-                         copy=None):
+                         adjust=None):
     """``sum_n -log softmax(hidden_n @ weight.T + bias)[targets_n]``.
 
     The logits are computed a block of rows at a time, small enough to stay
@@ -58,10 +72,10 @@ def summed_cross_entropy(hidden, weight, bias, targets, block_cells=None,
     block_cells : int, optional
         About how many logits a block holds (at least 16 rows); by default
         :data:`BLOCK_CELLS` of the device type.
-    copy : Copy, optional
-        Mix the softmax with a distribution over the user's past items:
-        the loss is then ``sum_n -log((1 - g_n) softmax(...)[y_n] + g_n
-        c_n)`` (see :class:`Copy`), differentiable in the gate's logits too.
+    adjust : adjustment, optional
+        A model's change of each row's log-probabilities (see the module's
+        docstring): the loss is then ``sum_n -a_n(log softmax(...)[y_n])``,
+        differentiable in ``adjust.row_values`` too.
 
     Returns
     -------
@@ -70,53 +84,11 @@ def summed_cross_entropy(hidden, weight, bias, targets, block_cells=None,
     """
     if block_cells is None:
         block_cells = BLOCK_CELLS.get(hidden.device.type, BLOCK_CELLS["cuda"])
-    if copy is None:
+    if adjust is None:
         return _SummedCrossEntropy.apply(hidden, weight, bias, targets, block_cells,
                                          None, None)
     return _SummedCrossEntropy.apply(hidden, weight, bias, targets, block_cells,
-                                     copy.gate_logits, copy.log_proba)
-
-
-class Copy(NamedTuple):
-    """The copy component of a next-item distribution, per row.
-
-    The distribution is ``(1 - g) softmax(logits) + g c``, where ``c`` is a
-    distribution over the user's past items and ``g = sigmoid(gate_logits)``
-    (``-inf`` where the user has no past: the softmax alone).
-
-    Attributes
-    ----------
-    gate_logits : Tensor of shape (N,)
-    log_proba : Tensor of shape (N,) or (N, V)
-        ``log c`` of each row's target (training, scoring of targets), or of
-        every item (whole distributions); ``-inf`` for items not in the past.
-    """
-
-    gate_logits: torch.Tensor
-    log_proba: torch.Tensor
-
-
-def mixed_log_proba(log_softmax, copy):
-    """``log((1 - g) exp(log_softmax) + g c)``, and the softmax's share of it.
-
-    Parameters
-    ----------
-    log_softmax : Tensor of shape (N,) or (N, V)
-    copy : Copy
-        Of the same shape as ``log_softmax``.
-
-    Returns
-    -------
-    log_mixed : Tensor
-    softmax_share : Tensor
-        ``(1 - g) p / mixed``, the responsibility of the softmax.
-    """
-    gate = copy.gate_logits
-    if log_softmax.dim() == 2:
-        gate = gate[:, None]
-    from_softmax = F.logsigmoid(-gate) + log_softmax
-    log_mixed = torch.logaddexp(from_softmax, F.logsigmoid(gate) + copy.log_proba)
-    return log_mixed, torch.exp(from_softmax - log_mixed)
+                                     adjust.row_values, adjust)
 
 
 def _block_rows(n_rows, n_items, block_cells):
@@ -126,14 +98,14 @@ def _block_rows(n_rows, n_items, block_cells):
 class _SummedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, block_cells, gate_logits,
-                log_copy):
+    def forward(ctx, hidden, weight, bias, targets, block_cells, row_values,
+                adjust):
         n_rows, size = hidden.shape
-        mixed = gate_logits is not None
+        adjusting = adjust is not None
         if n_rows == 0:
             ctx.save_for_backward(torch.zeros_like(hidden), torch.zeros_like(weight),
                                   torch.zeros_like(bias),
-                                  torch.zeros_like(gate_logits) if mixed else None)
+                                  torch.zeros_like(row_values) if adjusting else None)
             return hidden.new_zeros(())
         rows = _block_rows(n_rows, weight.shape[0], block_cells)
         gradients = any(ctx.needs_input_grad[:3])
@@ -151,10 +123,9 @@ class _SummedCrossEntropy(torch.autograd.Function):
             augmented_blocks = augmented_t.split(rows, dim=1)
             grad_both_t = None
             minus_one = hidden.new_full((rows, 1), -1.0)
-        if mixed:
-            gate_grad = torch.empty_like(gate_logits)
-            copies = zip(gate_logits.split(rows), log_copy.split(rows),
-                         gate_grad.split(rows))
+        if adjusting:
+            row_grad = torch.empty_like(row_values)
+            row_grad_blocks = row_grad.split(rows)
         for index, (block, block_targets, block_nll) in enumerate(blocks):
             logits = torch.addmm(bias, block, weight.T)
             target_logits = logits.gather(1, block_targets)
@@ -163,38 +134,38 @@ class _SummedCrossEntropy(torch.autograd.Function):
             sums = proba.sum(dim=1, keepdim=True)
             proba.div_(sums)
             torch.sub(max_logits + sums.log_(), target_logits, out=block_nll)
-            if mixed:
-                # -log of the mixture; the logits' gradient is the softmax's
-                # share r times p - onehot(y), the gate logit's g - (1 - r)
-                block_gate, block_copy, block_gate_grad = next(copies)
-                log_mixed, share = mixed_log_proba(
-                    -block_nll[:, 0], Copy(block_gate, block_copy))
-                block_nll[:, 0] = -log_mixed
-                torch.sub(torch.sigmoid(block_gate) + share, 1.0, out=block_gate_grad)
-                share = share[:, None]
+            if adjusting:
+                # the adjusted loss; the logits' gradient is its derivative
+                # (the scale) times p - onehot(y)
+                begin = index * rows
+                loss, scale, grad = adjust.target_loss(
+                    -block_nll[:, 0], slice(begin, begin + len(block)))
+                block_nll[:, 0] = loss
+                row_grad_blocks[index].copy_(grad)
+                scale = scale[:, None]
             if gradients:  # d(-log p_y)/d(logits) = p - onehot(y)
                 proba.scatter_add_(1, block_targets, minus_one[:len(block)])
-                if mixed:
-                    proba.mul_(share)
+                if adjusting:
+                    proba.mul_(scale)
                 torch.mm(proba, weight, out=grad_blocks[index])
                 product = augmented_blocks[index] @ proba
                 if grad_both_t is None:
                     grad_both_t = product
                 else:
                     grad_both_t.add_(product)
-        if gradients or mixed:
+        if gradients or adjusting:
             ctx.save_for_backward(grad_hidden if gradients else None,
                                   grad_both_t[:size].T if gradients else None,
                                   grad_both_t[size] if gradients else None,
-                                  gate_grad if mixed else None)
+                                  row_grad if adjusting else None)
         return nll.sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total):
-        grad_hidden, grad_weight, grad_bias, grad_gate = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_bias, grad_rows = ctx.saved_tensors
         if grad_hidden is None:
-            return (None, None, None, None, None, grad_gate * grad_total, None)
+            return (None, None, None, None, None, grad_rows * grad_total, None)
         # the weight's gradient is a transposed view: scaled into a row-major
         # tensor, it reaches .grad without another copy to the weight's layout
         scaled_weight = torch.empty(grad_weight.shape, dtype=grad_weight.dtype,
@@ -202,7 +173,7 @@ class _SummedCrossEntropy(torch.autograd.Function):
         return (grad_hidden * grad_total,
                 torch.mul(grad_weight, grad_total, out=scaled_weight),
                 grad_bias * grad_total, None, None,
-                None if grad_gate is None else grad_gate * grad_total, None)
+                None if grad_rows is None else grad_rows * grad_total, None)
 
 
 def sampled_cross_entropy(hidden, weight, bias, targets, negatives, log_expected):
@@ -299,7 +270,7 @@ class UnigramProposal:
 
 @torch.no_grad()
 def log_proba(hidden, weight, bias, targets=None, dtype=torch.float64,
-              max_cells=2 ** 22, copy=None):
+              max_cells=2 ** 22, adjust=None):
     """Next-item log-probabilities ``log softmax(hidden @ weight.T + bias)``.
 
     Parameters
@@ -313,10 +284,9 @@ def log_proba(hidden, weight, bias, targets=None, dtype=torch.float64,
         Precision of the computation.
     max_cells : int
         Most logits (rows x items) computed at once.
-    copy : Copy, optional
-        Mix the softmax with the copy component (:class:`Copy`), whose
-        ``log_proba`` holds the targets' (shape ``(n,)``) or every item's
-        (shape ``(n, n_items)``) log-probabilities.
+    adjust : adjustment, optional
+        A model's change of each row's log-probabilities (see the module's
+        docstring), applied to each block in the precision ``dtype``.
 
     Returns
     -------
@@ -339,10 +309,8 @@ def log_proba(hidden, weight, bias, targets=None, dtype=torch.float64,
             torch.addmm(bias, hidden[begin:end].to(dtype), weight.T), dim=1)
         if targets is not None:
             block = block.gather(1, targets[begin:end, None])[:, 0]
-        if copy is not None:
-            block = mixed_log_proba(block, Copy(
-                copy.gate_logits[begin:end].to(dtype),
-                copy.log_proba[begin:end].to(dtype)))[0]
+        if adjust is not None:
+            block = adjust.adjusted(block, slice(begin, end))
         result[begin:end] = block.double().cpu().numpy()
     return result
 
