@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _persistence
+from . import _migrations, _persistence
 from ._events import (Sequences, check_events, group_sorted, mean_of_group_means,
                       time_kind, time_order)
 
@@ -46,8 +46,9 @@ MAX_PREDICT_PROBA_CELLS = 2 ** 27
 #: (one row at a time where there are more items).
 _CHUNK_CELLS = 2 ** 22
 #: Entries of a saved file written by :meth:`BaseRecommender.save` itself.
-_BASE_ENTRIES = ("format", "format_version", "estimator", "checksum", "params",
-                 "classes", "users", "fit_sequences", "last_times", "time_kind")
+_BASE_ENTRIES = ("format", "format_version", "estimator", "checksum",
+                 _migrations.FILE_ENTRY, "params", "classes", "users",
+                 "fit_sequences", "last_times", "time_kind")
 #: Errors that restoring a model from a record with missing or odd entries
 #: raises; :meth:`BaseRecommender.load` reports them as a damaged file.
 _DAMAGE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError,
@@ -730,12 +731,13 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             raise RuntimeError(f"{type(self).__name__}._fitted_state uses the "
                                f"reserved entries {clash}.")
         payload = {
+            _migrations.FILE_ENTRY: _migrations.VERSION,
             "params": _persistence.plain_params(self.get_params(deep=False)),
             "classes": _persistence.labels_to_plain(self.classes_),
             "users": _persistence.labels_to_plain(self.users_),
             "fit_sequences": _persistence.sequences_to_tensors(self._history),
-            "last_times": getattr(self, "_last_times", None),
-            "time_kind": getattr(self, "_time_kind", None),
+            "last_times": self._last_times,
+            "time_kind": self._time_kind,
             **state,
         }
         _persistence.write(path, type(self).__name__, payload)
@@ -772,6 +774,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         """
         record = _persistence.read(path, cls.__name__, map_location="cpu")
         try:
+            record = _migrations.migrate_record(cls, record)
             model = cls(**record["params"])
             model._validate_params()
             model._restore_fit(record)
@@ -793,9 +796,9 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         history = _persistence.sequences_from_tensors(record["fit_sequences"])
         _persistence.check_history(history, self.n_users_, self.n_items_)
         self._history = history
-        # files written before update() existed have neither: any order goes
-        self._time_kind = record.get("time_kind")
-        last_times = record.get("last_times")
+        # None where the file predates update() (_migrations): any order goes
+        self._time_kind = record["time_kind"]
+        last_times = record["last_times"]
         if last_times is not None and np.shape(last_times) != (self.n_users_,):
             raise ValueError("its users' last times do not match its users")
         self._last_times = None if last_times is None else np.asarray(last_times)
@@ -823,6 +826,14 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         for name, spec in self._saved_attributes.items():
             setattr(self, name,
                     _persistence.from_saved(record[name], spec, sizes, name))
+
+    def __getstate__(self):
+        # the version that pickles it, as scikit-learn's _sklearn_version
+        return _migrations.stamp_state(super().__getstate__())
+
+    def __setstate__(self, state):
+        # what a pickle of an earlier version lacks, filled once (_migrations)
+        super().__setstate__(_migrations.migrate_state(type(self), state))
 
 
 class _Appended:
