@@ -78,10 +78,15 @@ def assert_same_scores(a, b):
 
 
 # ----------------------------------------------------------------- version
-def test_version_is_0_2_0_and_setup_py_reads_it():
-    assert skcrnn.__version__ == VERSION == "0.2.0"
+def test_one_version_stamped_released_and_in_the_changelog():
+    """skcrnn/_version.py is the version's one home: setup.py reads it as
+    below, and the changelog has its section."""
     setup = (ROOT / "setup.py").read_text()
     assert '"skcrnn" / "_version.py"' in setup
+    line, = [line for line in (ROOT / "skcrnn" / "_version.py").read_text()
+             .splitlines() if line.startswith("__version__")]
+    assert line.split("=")[1].strip().strip('"') == skcrnn.__version__ == VERSION
+    assert parse_version(VERSION) > parse_version("0.1.0")
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## [{VERSION}]" in changelog and "## [0.1.0]" in changelog
 
