@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _encoding, _persistence
+from . import _encoding, _migrations, _persistence
 from ._events import Sequences, check_events, mean_of_group_means, time_kind
 
 #: Largest ``predict_proba`` answer (rows x items) built in memory.
@@ -46,8 +46,9 @@ MAX_PREDICT_PROBA_CELLS = 2 ** 27
 #: (one row at a time where there are more items).
 _CHUNK_CELLS = 2 ** 22
 #: Entries of a saved file written by :meth:`BaseRecommender.save` itself.
-_BASE_ENTRIES = ("format", "format_version", "estimator", "checksum", "params",
-                 "classes", "users", "fit_sequences", "last_times", "time_kind")
+_BASE_ENTRIES = ("format", "format_version", "estimator", "checksum",
+                 _migrations.FILE_ENTRY, "params", "classes", "users",
+                 "fit_sequences", "last_times", "time_kind")
 #: Errors that restoring a model from a record with missing or odd entries
 #: raises; :meth:`BaseRecommender.load` reports them as a damaged file.
 _DAMAGE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError,
@@ -311,7 +312,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         """Append the events of ``appended`` to ``_history`` and the users'
         last times (``users_`` already grown)."""
         history, last_times = _encoding.extend_history(
-            self._history, getattr(self, "_last_times", None), self.n_users_,
+            self._history, self._last_times, self.n_users_,
             appended)
         self._history = history
         if last_times is not None:
@@ -538,8 +539,8 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         return _encoding.Encoder(
             self.classes_, self.users_,
             (self.user_col, self.item_col, self.time_col), self.handle_unknown,
-            last_times=getattr(self, "_last_times", None),
-            fitted_time_kind=getattr(self, "_time_kind", None))
+            last_times=self._last_times,
+            fitted_time_kind=self._time_kind)
 
     # ----------------------------------------------------------- full chunks
     def _full_log_proba(self, sequences, prefixes):
@@ -614,12 +615,13 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             raise RuntimeError(f"{type(self).__name__}._fitted_state uses the "
                                f"reserved entries {clash}.")
         payload = {
+            _migrations.FILE_ENTRY: _migrations.VERSION,
             "params": _persistence.plain_params(self.get_params(deep=False)),
             "classes": _persistence.labels_to_plain(self.classes_),
             "users": _persistence.labels_to_plain(self.users_),
             "fit_sequences": _persistence.sequences_to_tensors(self._history),
-            "last_times": getattr(self, "_last_times", None),
-            "time_kind": getattr(self, "_time_kind", None),
+            "last_times": self._last_times,
+            "time_kind": self._time_kind,
             **state,
         }
         _persistence.write(path, type(self).__name__, payload)
@@ -656,6 +658,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         """
         record = _persistence.read(path, cls.__name__, map_location="cpu")
         try:
+            record = _migrations.migrate_record(cls, record)
             model = cls(**record["params"])
             model._validate_params()
             model._restore_fit(record)
@@ -677,9 +680,9 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         history = _persistence.sequences_from_tensors(record["fit_sequences"])
         _persistence.check_history(history, self.n_users_, self.n_items_)
         self._history = history
-        # files written before update() existed have neither: any order goes
-        self._time_kind = record.get("time_kind")
-        last_times = record.get("last_times")
+        # None where the file predates update() (_migrations): any order goes
+        self._time_kind = record["time_kind"]
+        last_times = record["last_times"]
         if last_times is not None and np.shape(last_times) != (self.n_users_,):
             raise ValueError("its users' last times do not match its users")
         self._last_times = None if last_times is None else np.asarray(last_times)
@@ -707,6 +710,14 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         for name, spec in self._saved_attributes.items():
             setattr(self, name,
                     _persistence.from_saved(record[name], spec, sizes, name))
+
+    def __getstate__(self):
+        # the version that pickles it, as scikit-learn's _sklearn_version
+        return _migrations.stamp_state(super().__getstate__())
+
+    def __setstate__(self, state):
+        # what a pickle of an earlier version lacks, filled once (_migrations)
+        super().__setstate__(_migrations.migrate_state(type(self), state))
 
 
 def _mask_seen(log_proba, history, user_codes):

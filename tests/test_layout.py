@@ -24,7 +24,6 @@ LAYERS = [
     ["skcrnn._base"],                                      # the sklearn contract
     ["skcrnn._encoding", "skcrnn._events", "skcrnn._persistence",
      "skcrnn._migrations", "skcrnn._files", "skcrnn._sparse", "skcrnn._version",
-     "skcrnn._decayed_counts",
      "skcrnn.datasets"],                                   # data, files, helpers
 ]
 

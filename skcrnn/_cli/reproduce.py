@@ -6,7 +6,6 @@ fits every model with the paper's settings for that data set, and prints (and
 optionally writes) the table of held-out errors.
 """
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass

@@ -488,11 +488,11 @@ class TorchRecommender(BaseRecommender):
                                [dict(entry) for entry in record["refit_history"]])
         self.best_epoch_ = record["best_epoch"]
         self.n_iter_ = len(self.history_)
-        # files written before partial_fit existed have neither
-        self.optimizer_state_ = record.get("optimizer_state")
+        # None and [] where the file predates partial_fit (_migrations)
+        self.optimizer_state_ = record["optimizer_state"]
         if self.optimizer_state_ is not None:
             self._check_optimizer_state(self.optimizer_state_)
-        self.partial_history_ = copy.deepcopy(record.get("partial_history", []))
+        self.partial_history_ = copy.deepcopy(record["partial_history"])
 
     def _check_optimizer_state(self, state):
         """Raise ``ValueError`` if ``state`` is not statistics of ``network_``'s."""
@@ -516,14 +516,8 @@ class TorchRecommender(BaseRecommender):
         return state
 
     def __setstate__(self, state):
-        super().__setstate__(state)
-        # parameters added after the object was pickled: their defaults
-        vars(self).setdefault("replay_epochs", 0)
-        vars(self).setdefault("repeat_bias", 0.0)
+        super().__setstate__(state)  # fills what older pickles lack
         if "network_" in state:
-            # pickled before partial_fit existed: no statistics, no partial run
-            vars(self).setdefault("optimizer_state_", None)
-            vars(self).setdefault("partial_history_", [])
             target = usable_device(state.get("device_", "cpu"))
             self.network_ = self.network_.to(target)
             for attribute in self._fitted_tensors:
