@@ -69,6 +69,15 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         "handle_unknown": [StrOptions({"ignore", "error"})],
     }
 
+    #: Parameters that may change after ``fit`` and take effect at once
+    #: (``docs/parameters.rst``): those read when scoring, and those that only
+    #: say how the next training call runs. Every other parameter is
+    #: *fit-time*: it shaped what was fitted, and changing it without a refit
+    #: makes scoring, ``update``, ``partial_fit`` and ``save`` raise.
+    #: Subclasses add theirs to this set.
+    _scoring_time_params = frozenset({"user_col", "item_col", "time_col",
+                                      "handle_unknown"})
+
     #: Fitted attributes that :meth:`save` writes besides the vocabularies and
     #: the histories: name -> the names of an array's (or sparse matrix's)
     #: dimensions, or a scalar's type (see ``_persistence.from_saved``).
@@ -138,8 +147,47 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         staged._time_kind = time_kind(X[self.time_col])
         staged._last_times = last_times
         staged._fit_sequences(history)
+        staged._fitted_params = staged._fit_time_params()
         self._adopt_fit(staged)
         return self
+
+    @classmethod
+    def _fit_time_param_names(cls):
+        """The parameters fixed by ``fit`` (all but ``_scoring_time_params``)."""
+        return sorted(set(cls._get_param_names()) - cls._scoring_time_params)
+
+    def _fit_time_params(self):
+        """The current values of the fit-time parameters."""
+        params = self.get_params(deep=False)
+        return {name: params[name] for name in self._fit_time_param_names()}
+
+    def _check_fitted(self):
+        """``NotFittedError`` before ``fit``; ``ValueError`` if a fit-time
+        parameter changed since. Every method that reads the fitted model
+        calls it first."""
+        check_is_fitted(self)
+        self._check_params_as_fitted()
+
+    def _check_params_as_fitted(self):
+        """Raise ``ValueError`` if a fit-time parameter changed since ``fit``.
+
+        The rule of ``docs/parameters.rst``: a parameter that shaped what was
+        fitted cannot change under a fitted model; the message names it, its
+        fitted value, and the two ways out.
+        """
+        changed = [(name, fitted, value) for (name, fitted), value in zip(
+            self._fitted_params.items(),
+            (self.get_params(deep=False)[name] for name in self._fitted_params))
+            if not _same_value(fitted, value)]
+        if changed:
+            name, fitted, value = changed[0]
+            others = ("" if len(changed) == 1 else
+                      f" (and {', '.join(n for n, _, _ in changed[1:])})")
+            raise ValueError(
+                f"{type(self).__name__}: {name}={value!r} was set after fit, but "
+                f"the model was fitted with {name}={fitted!r}{others}; it is a "
+                f"fit-time parameter, fixed by fit. Refit (fit), or set it back "
+                f"with set_params({name}={fitted!r}).")
 
     def _check_fit_params(self):
         """Checks of parameters that constraints cannot express (override)."""
@@ -153,7 +201,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         routing, output settings and callbacks put on an estimator, are no
         fitted state.
         """
-        private = {"_history", "_last_times", "_time_kind"} | {
+        private = {"_history", "_last_times", "_time_kind", "_fitted_params"} | {
             name for name in self._saved_attributes if name.startswith("_")}
         return [name for name in vars(self) if name in private
                 or (name.endswith("_") and not name.startswith("_"))]
@@ -265,6 +313,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         """
         if not hasattr(self, "classes_"):
             return self.fit(X, y)
+        self._check_fitted()  # a fit-time parameter changed is named first
         self._validate_params()
         self._check_fit_params()
         appended = self._encoder().appended(X, learn_items=True)
@@ -396,7 +445,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             of ``classes_``. Meant for small ``X``: use :meth:`score_samples` or
             :meth:`recommend` on large inputs.
         """
-        check_is_fitted(self)
+        self._check_fitted()
         n_cells = len(X) * self.n_items_ if hasattr(X, "__len__") else 0
         if n_cells > MAX_PREDICT_PROBA_CELLS:
             raise ValueError(
@@ -475,7 +524,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             If ``k`` is out of range, or ``users`` is empty, not
             one-dimensional or has missing values.
         """
-        check_is_fitted(self)
+        self._check_fitted()
         users = _encoding.as_label_array(users, "users")
         if not isinstance(k, Integral) or isinstance(k, bool):
             raise TypeError(f"k must be an integer; got {type(k).__name__}.")
@@ -533,9 +582,10 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
 
         Its warnings name the caller of the method that calls the encoder's
         method: call it where the user's call is one or two frames up, as
-        the public methods here do.
+        the public methods here do. It checks the model first
+        (:meth:`_check_fitted`).
         """
-        check_is_fitted(self)
+        self._check_fitted()
         return _encoding.Encoder(
             self.classes_, self.users_,
             (self.user_col, self.item_col, self.time_col), self.handle_unknown,
@@ -607,7 +657,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         --------
         load : Read the model back.
         """
-        check_is_fitted(self)
+        self._check_fitted()
         _persistence.check_writable(path)
         state = self._fitted_state()
         clash = sorted(set(state) & set(_BASE_ENTRIES))
@@ -669,7 +719,12 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         return model
 
     def _restore_fit(self, record):
-        """Set what :meth:`fit` sets before ``_fit_sequences``."""
+        """Set what :meth:`fit` sets before ``_fit_sequences``.
+
+        The fit-time parameters are those of the file: ``save`` writes none
+        that changed since the fit.
+        """
+        self._fitted_params = self._fit_time_params()
         self.classes_ = _persistence.labels_from_plain(record["classes"])
         self.users_ = _persistence.labels_from_plain(record["users"])
         for name in ("classes_", "users_"):
@@ -747,3 +802,13 @@ def _top_k(log_proba, k):
     if len(tied):
         top[tied] = np.argsort(-log_proba[tied], axis=1, kind="stable")[:, :k]
     return top, np.take_along_axis(log_proba, top, axis=1)
+
+
+def _same_value(fitted, value):
+    """Whether a parameter still has its fitted value (``1 == 1.0``, not ``True``)."""
+    if isinstance(fitted, bool) != isinstance(value, bool):
+        return False
+    try:
+        return bool(fitted == value)
+    except (TypeError, ValueError):  # arrays and other odd values
+        return fitted is value

@@ -169,6 +169,8 @@ class PersonalUnigramRecommender(_CountRecommender):
         **BaseRecommender._parameter_constraints,
         "beta": [Interval(Real, 0, None, closed="neither")],
     }
+
+    _scoring_time_params = BaseRecommender._scoring_time_params | {"beta"}
     _saved_attributes = {"user_item_counts_": ("n_users", "n_items"),
                          "global_proba_": ("n_items",)}
 
@@ -245,6 +247,8 @@ class BigramRecommender(_CountRecommender):
         **BaseRecommender._parameter_constraints,
         "alpha": [Interval(Real, 0, None, closed="neither")],
     }
+
+    _scoring_time_params = BaseRecommender._scoring_time_params | {"alpha"}
     _saved_attributes = {"transition_counts_": ("n_items", "n_items"),
                          "global_proba_": ("n_items",),
                          "last_item_": ("n_users",)}

@@ -116,6 +116,10 @@ class HMMRecommender(BaseRecommender):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
+
+    #: See BaseRecommender: these take effect at once after fit.
+    _scoring_time_params = BaseRecommender._scoring_time_params | {
+        "n_iter", "tol", "random_state", "verbose"}
     _saved_attributes = {
         "startprob_": ("n_states",), "transmat_": ("n_states", "n_states"),
         "emissionprob_": ("n_states", "n_items"),

@@ -68,6 +68,25 @@ class Fitted(NamedTuple):
     why: str
 
 
+class Derived(NamedTuple):
+    """Something pickled estimators keep since a version, derived from the rest.
+
+    A pickle of a fitted estimator that holds ``needs`` but not
+    ``attribute`` gets ``derive(cls, state)``, computed from its state once
+    the other entries are filled. Files need none: their loader rebuilds it.
+    """
+
+    scope: str
+    attribute: str
+    needs: str
+    derive: object
+    why: str
+
+
+def _pickled_fit_time_params(cls, state):
+    return {name: state[name] for name in cls._fit_time_param_names()}
+
+
 #: For each version, in order: what files and pickles of earlier versions
 #: lack. Release 0.1.0 wrote format version 2 files (format 1 files were
 #: written before it), neither stamped with the package version; format 3
@@ -97,6 +116,12 @@ MIGRATIONS = (
                "partial_fit: no optimizer statistics, they start at zero"),
         Fitted(_TORCH, "partial_history", "partial_history_", [],
                "partial_fit: not called yet"),
+        Derived(_BASE, "_fitted_params", "classes_", _pickled_fit_time_params,
+                "the fit-time parameters: those pickled with the model"),
+        Derived(_GRU, "history_weights_decay_", "history_weights_",
+                lambda cls, state: None,
+                "the decay of the copy gate's cache: unknown, so the cache is "
+                "recomputed from the histories when first read"),
     )),
 )
 
@@ -183,7 +208,7 @@ def migrate_record(cls, record):
             continue
         if isinstance(change, Parameter):
             record["params"].setdefault(change.name, copy.deepcopy(change.fill))
-        else:
+        elif isinstance(change, Fitted):
             record.setdefault(change.entry, copy.deepcopy(change.fill))
     return record
 
@@ -219,6 +244,10 @@ def migrate_state(cls, state):
             continue
         if isinstance(change, Parameter):
             state.setdefault(change.name, copy.deepcopy(change.fill))
-        elif fitted:
+        elif isinstance(change, Fitted) and fitted:
             state.setdefault(change.attribute, copy.deepcopy(change.fill))
+    for change in changes:  # derived from the state, once it is filled
+        if (isinstance(change, Derived) and _in_scope(change, cls)
+                and change.needs in state and change.attribute not in state):
+            state[change.attribute] = change.derive(cls, state)
     return state

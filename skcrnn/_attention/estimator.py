@@ -242,6 +242,10 @@ class SelfAttentionRecommender(TorchRecommender):
         "train_stride": [None, Interval(Integral, 1, None, closed="left")],
     }
 
+    #: See BaseRecommender: these take effect at once after fit.
+    _scoring_time_params = TorchRecommender._scoring_time_params | {
+        "dropout", "train_stride"}
+
     def __init__(self, hidden_size=64, n_blocks=2, n_heads=1, max_history=50,
                  dropout=0.3, user_embedding=False, learning_rate=0.005, *,
                  tie_weights=True, train_stride=None,

@@ -415,6 +415,7 @@ class HistoryCopy:
         model = self.model
         model.history_weights_ = PastWeights(sequences, self.decay,
                                              model.n_items_).final()
+        model.history_weights_decay_ = self.decay
 
     def append(self, continuation):
         """``history_weights_`` after the events of ``continuation`` (``update``).
@@ -431,10 +432,20 @@ class HistoryCopy:
             to_users @ PastWeights(continuation, self.decay, model.n_items_).final())
         weights.sort_indices()  # for _sparse.lookup
         model.history_weights_ = weights
+        model.history_weights_decay_ = self.decay
 
     def _cache(self):
-        """``history_weights_`` grown (zero rows, columns) to the vocabularies."""
+        """``history_weights_`` at ``copy_decay``, grown (zero rows, columns) to the vocabularies.
+
+        ``copy_decay`` is a scoring-time parameter: set after fit, the cache
+        of another decay (``history_weights_decay_``; None for a pickle of an
+        earlier version) is recomputed from the stored histories, once.
+        """
         model = self.model
+        if model.history_weights_decay_ != self.decay:
+            model.history_weights_ = PastWeights(model._history, self.decay,
+                                                 model.n_items_).final()
+            model.history_weights_decay_ = self.decay
         cache = model.history_weights_
         if cache.shape == (model.n_users_, model.n_items_):
             return cache
@@ -443,8 +454,8 @@ class HistoryCopy:
             shape=(model.n_users_, model.n_items_))
 
     def fitted_state(self):
-        """The saved file's entries: ``history_weights``."""
-        return {"history_weights": _persistence.to_saved(self.model.history_weights_)}
+        """The saved file's entries: ``history_weights`` (at the saved ``copy_decay``)."""
+        return {"history_weights": _persistence.to_saved(self._cache())}
 
     def restore(self, record):
         """``history_weights_`` from a saved file's ``record``."""
@@ -452,6 +463,7 @@ class HistoryCopy:
         model.history_weights_ = _persistence.from_saved(
             record["history_weights"], ("n_users", "n_items"),
             {"n_users": model.n_users_, "n_items": model.n_items_}, "history_weights")
+        model.history_weights_decay_ = self.decay  # saved with the file's decay
 
 
 class NoCopy:

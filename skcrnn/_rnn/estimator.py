@@ -429,6 +429,11 @@ class CollaborativeGRURecommender(TorchRecommender):
         "copy_decay": [Interval(Real, 0, 1, closed="right")],
     }
 
+    #: See BaseRecommender: these take effect at once after fit.
+    _scoring_time_params = TorchRecommender._scoring_time_params | {
+        "dropout", "loss", "n_negatives", "negative_power",
+        "chunk_size", "max_train_chunks", "copy_decay"}
+
     _fitted_tensors = {"final_states_": "final_states"}
 
     def __init__(self, hidden_size=32, learning_rate=0.0075, *, cell="gru",

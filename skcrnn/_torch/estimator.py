@@ -108,6 +108,13 @@ class TorchRecommender(BaseRecommender):
         "checkpoint_dir": [None, str, os.PathLike],
     }
 
+    #: See BaseRecommender: these take effect at once after fit.
+    _scoring_time_params = BaseRecommender._scoring_time_params | {
+        "repeat_bias", "learning_rate", "optimizer", "rho", "epsilon",
+        "batch_size", "max_epochs", "validation_fraction",
+        "n_iter_no_change", "refit", "partial_epochs", "replay_epochs",
+        "device", "n_jobs", "random_state", "verbose", "checkpoint_dir"}
+
     #: Fitted tensor attributes besides ``network_``: attribute -> entry of
     #: the saved file. They are saved, loaded and pickled on the CPU, and
     #: moved to ``device_`` with the network.
