@@ -313,8 +313,8 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         """
         if not hasattr(self, "classes_"):
             return self.fit(X, y)
-        self._check_fitted()  # a fit-time parameter changed is named first
         self._validate_params()
+        self._check_fitted()  # a fit-time parameter changed, before other checks
         self._check_fit_params()
         appended = self._encoder().appended(X, learn_items=True)
         staged = self._shallow_copy()

@@ -219,7 +219,8 @@ class MatrixFactorizationRecommender(BaseRecommender):
 
     #: See BaseRecommender: these take effect at once after fit.
     _scoring_time_params = BaseRecommender._scoring_time_params | {
-        "n_jobs", "use_gpu", "random_state", "verbose"}
+        "n_iterations", "learning_rate", "n_jobs", "use_gpu", "random_state",
+        "verbose"}
     # the normalizers are saved, not recomputed: a matrix product may round
     # differently on another machine
     _saved_attributes = {

@@ -706,26 +706,6 @@ class CollaborativeGRURecommender(TorchRecommender):
             raise ValueError("its network does not match recurrent_weights, rank "
                              "and deviation_penalty")
 
-    def _learn_events(self, continuation, previous_history):
-        """``partial_fit`` on a fitted model: refuse parameters the network was not built with."""
-        fitted = self.network_
-        kind, rank = self._recurrent_kind()
-        changed = [name for name, differs in (
-            ("hidden_size", fitted.hidden_size != self.hidden_size),
-            ("cell", fitted.cell != self.cell),
-            ("candidate_activation", self.cell == "gru"
-             and fitted.candidate != self.candidate_activation),
-            ("copy_history", fitted.copy_history != bool(self.copy_history)),
-            ("recurrent_weights, rank or deviation_penalty",
-             (fitted.recurrent_kind, fitted.rank) != (kind, rank))) if differs]
-        if changed:
-            raise ValueError(
-                f"partial_fit cannot continue: {', '.join(changed)} changed since the "
-                f"model was fitted (its network is {fitted.recurrent_kind!r} recurrent "
-                f"weights{'' if fitted.rank is None else f' of rank {fitted.rank}'}, "
-                f"hidden size {fitted.hidden_size}); set them back, or call fit.")
-        super()._learn_events(continuation, previous_history)
-
     def _fitted_state(self):
         return {**super()._fitted_state(), **self._copy_gate().fitted_state()}
 

@@ -29,7 +29,7 @@ _REQUIRED = ("fingerprint", "seeds", "phase", "first_history", "first_best_epoch
              "training")
 
 
-def fingerprint(params, sequences, classes, users):
+def fingerprint(params, sequences, n_items):
     """What a fit's training depends on, as plain values.
 
     The one fingerprint of a fit: a checkpoint resumes only a fit with the
@@ -41,28 +41,24 @@ def fingerprint(params, sequences, classes, users):
         The estimator parameters that affect training.
     sequences : Sequences
         The encoded training sequences (one group per user).
-    classes, users : ndarray
-        The vocabularies (items, users) that the codes stand for.
+    n_items : int
 
     Returns
     -------
     dict
         The parameters (see :func:`~skcrnn._persistence.plain_params`),
-        ``n_users``, ``n_items`` and ``data``,
-        a SHA-256 of the sequences' arrays and of the labels.
+        ``n_users``, ``n_items`` and ``data``, a SHA-256 of the sequences'
+        arrays. Labels are left out: training sees only their codes (a
+        relabelled log resumes its checkpoint, and ranks that encode their
+        events alike train alike).
     """
     digest = hashlib.sha256()
     for name in ("user_codes", "indptr", "items"):
         array = np.ascontiguousarray(getattr(sequences, name), dtype="<i8")
         digest.update(name.encode())
         digest.update(array.tobytes())
-    for array in (classes, users):
-        array = np.asarray(array)
-        digest.update(str(array.dtype).encode())
-        digest.update(np.ascontiguousarray(array).tobytes()
-                      if array.dtype != object else repr(array.tolist()).encode())
     return {**_persistence.plain_params(params), "n_users": int(sequences.n_groups),
-            "n_items": len(classes), "data": digest.hexdigest()}
+            "n_items": int(n_items), "data": digest.hexdigest()}
 
 
 class Checkpoint:

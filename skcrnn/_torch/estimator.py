@@ -199,7 +199,7 @@ class TorchRecommender(BaseRecommender):
         """What this fit's training depends on (:func:`.checkpoint.fingerprint`)."""
         params = {name: value for name, value in self.get_params(deep=False).items()
                   if name not in NOT_IN_FINGERPRINT}
-        return fingerprint(params, sequences, self.classes_, self.users_)
+        return fingerprint(params, sequences, self.n_items_)
 
     def _fit_network(self, sequences, device, shard):
         """Early stopping, then the optional refit; the trained network.
