@@ -36,7 +36,8 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _encoding, _migrations, _persistence
-from ._events import Sequences, check_events, mean_of_group_means, time_kind
+from ._events import (TIME_UNIT, Sequences, check_events, mean_of_group_means,
+                      time_kind)
 
 #: Largest ``predict_proba`` answer (rows x items) built in memory.
 MAX_PREDICT_PROBA_CELLS = 2 ** 27
@@ -48,7 +49,7 @@ _CHUNK_CELLS = 2 ** 22
 #: Entries of a saved file written by :meth:`BaseRecommender.save` itself.
 _BASE_ENTRIES = ("format", "format_version", "estimator", "checksum",
                  _migrations.FILE_ENTRY, "params", "classes", "users",
-                 "fit_sequences", "last_times", "time_kind")
+                 "fit_sequences", "last_times", "time_kind", "time_unit")
 #: Errors that restoring a model from a record with missing or odd entries
 #: raises; :meth:`BaseRecommender.load` reports them as a damaged file.
 _DAMAGE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError,
@@ -145,6 +146,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         staged.n_users_ = len(staged.users_)
         staged._history = history
         staged._time_kind = time_kind(X[self.time_col])
+        staged._time_unit = TIME_UNIT
         staged._last_times = last_times
         staged._fit_sequences(history)
         staged._fitted_params = staged._fit_time_params()
@@ -201,7 +203,8 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         routing, output settings and callbacks put on an estimator, are no
         fitted state.
         """
-        private = {"_history", "_last_times", "_time_kind", "_fitted_params"} | {
+        private = {"_history", "_last_times", "_time_kind", "_time_unit",
+                   "_fitted_params"} | {
             name for name in self._saved_attributes if name.startswith("_")}
         return [name for name in vars(self) if name in private
                 or (name.endswith("_") and not name.startswith("_"))]
@@ -672,6 +675,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
             "fit_sequences": _persistence.sequences_to_tensors(self._history),
             "last_times": self._last_times,
             "time_kind": self._time_kind,
+            "time_unit": self._time_unit,
             **state,
         }
         _persistence.write(path, type(self).__name__, payload)
@@ -737,6 +741,10 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         self._history = history
         # None where the file predates update() (_migrations): any order goes
         self._time_kind = record["time_kind"]
+        if record["time_unit"] != TIME_UNIT:
+            raise ValueError(f"its datetimes are in unit {record['time_unit']!r}, "
+                             f"not {TIME_UNIT!r}")
+        self._time_unit = record["time_unit"]
         last_times = record["last_times"]
         if last_times is not None and np.shape(last_times) != (self.n_users_,):
             raise ValueError("its users' last times do not match its users")

@@ -129,6 +129,24 @@ def _nanoseconds(column, col_name, name):
             f"give them as numbers instead.") from None
 
 
+def nanoseconds_from_magnitude(values):
+    """Integer datetimes of an unrecorded unit, converted to nanoseconds.
+
+    Files and pickles written before 0.2.0 kept datetimes as the integers
+    of their column's unit (seconds, milliseconds, microseconds, which
+    pandas gives parsed strings, or nanoseconds). The unit is told by the
+    largest magnitude: below 1e11 seconds, below 1e14 milliseconds, below
+    1e17 microseconds, else nanoseconds, which is right for every time
+    between 1973 and 2262 (in any unit) and for nanoseconds before.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    largest = int(np.abs(values).max()) if len(values) else 0
+    for bound, factor in ((10 ** 11, 10 ** 9), (10 ** 14, 10 ** 6), (10 ** 17, 10 ** 3)):
+        if largest < bound:
+            return values * factor
+    return values
+
+
 def _datetime_objects_problem(column):
     """What an object column of datetime objects holds, and how to convert it.
 

@@ -83,6 +83,30 @@ class Derived(NamedTuple):
     why: str
 
 
+class Converted(NamedTuple):
+    """An entry whose form changed in a version, converted from the old form.
+
+    Files (``entry``) and fitted pickles (``attribute``) of earlier versions
+    get ``convert(value, other)``, where ``other`` is the value of the
+    entry or attribute that ``reads`` names (``(entry, attribute)``), once
+    the fills are done.
+    """
+
+    scope: str
+    entry: str
+    attribute: str
+    reads: tuple
+    convert: object
+    why: str
+
+
+def _last_times_in_nanoseconds(last_times, time_kind):
+    if last_times is None or time_kind != "datetime":
+        return last_times
+    from ._events import nanoseconds_from_magnitude
+    return nanoseconds_from_magnitude(last_times)
+
+
 def _pickled_fit_time_params(cls, state):
     return {name: state[name] for name in cls._fit_time_param_names()}
 
@@ -116,6 +140,12 @@ MIGRATIONS = (
                "partial_fit: no optimizer statistics, they start at zero"),
         Fitted(_TORCH, "partial_history", "partial_history_", [],
                "partial_fit: not called yet"),
+        Converted(_BASE, "last_times", "_last_times", ("time_kind", "_time_kind"),
+                  _last_times_in_nanoseconds,
+                  "datetimes were kept in their column's unit (s, ms, us or ns), "
+                  "now in nanoseconds: the unit is told by their magnitude"),
+        Fitted(_BASE, "time_unit", "_time_unit", "ns",
+               "the unit of datetimes: nanoseconds once converted"),
         Derived(_BASE, "_fitted_params", "classes_", _pickled_fit_time_params,
                 "the fit-time parameters: those pickled with the model"),
         Derived(_GRU, "history_weights_decay_", "history_weights_",
@@ -203,13 +233,18 @@ def migrate_record(cls, record):
     version = record[FILE_ENTRY] if FILE_ENTRY in record else None
     if FILE_ENTRY in record:
         parse_version(version)  # a stamp that is not a version is damage
-    for change in migrations_since(version):
+    changes = migrations_since(version)
+    for change in changes:
         if not _in_scope(change, cls):
             continue
         if isinstance(change, Parameter):
             record["params"].setdefault(change.name, copy.deepcopy(change.fill))
         elif isinstance(change, Fitted):
             record.setdefault(change.entry, copy.deepcopy(change.fill))
+    for change in changes:  # converted once the fills are done
+        if isinstance(change, Converted) and _in_scope(change, cls):
+            record[change.entry] = change.convert(record[change.entry],
+                                                  record[change.reads[0]])
     return record
 
 
@@ -246,8 +281,13 @@ def migrate_state(cls, state):
             state.setdefault(change.name, copy.deepcopy(change.fill))
         elif isinstance(change, Fitted) and fitted:
             state.setdefault(change.attribute, copy.deepcopy(change.fill))
-    for change in changes:  # derived from the state, once it is filled
-        if (isinstance(change, Derived) and _in_scope(change, cls)
-                and change.needs in state and change.attribute not in state):
+    for change in changes:  # converted and derived, once the state is filled
+        if not _in_scope(change, cls):
+            continue
+        if isinstance(change, Converted) and fitted:
+            state[change.attribute] = change.convert(state[change.attribute],
+                                                     state[change.reads[1]])
+        elif (isinstance(change, Derived) and change.needs in state
+              and change.attribute not in state):
             state[change.attribute] = change.derive(cls, state)
     return state

@@ -133,3 +133,61 @@ def test_ties_after_partial_fit_rank_as_a_fit_on_all_events():
         pd.testing.assert_frame_equal(got, expected)
     rows = frame(["w", "w", "u"], ["k", "m", "z"], [3, 4, 5])
     np.testing.assert_array_equal(grown.predict(rows), whole.predict(rows))
+
+
+def old_microsecond_model():
+    """A model as 0.1.0 kept it: last times as the integers of a [us] column."""
+    train = frame(["u", "u", "v"], ["a", "b", "a"],
+                  datetimes(["2021-01-01", "2021-01-02", "2021-01-01"], "us"))
+    model = BigramRecommender().fit(train)
+    micro = train.groupby("user")["timestamp"].max().dt.as_unit("us")
+    return model, micro.to_numpy().view(np.int64)
+
+
+def assert_ordered_in_nanoseconds(model):
+    with pytest.raises(ValueError, match="earlier than"):
+        model.update(frame(["u"], ["b"], datetimes(["1990-01-01"], "ns")))
+    model.update(frame(["u"], ["b"], datetimes(["2021-06-01"], "ns")))
+
+
+def test_a_file_records_the_time_unit_and_older_files_convert(tmp_path):
+    """Item 1: saved files kept raw integers without a unit."""
+    from skcrnn import _persistence
+    from skcrnn._migrations import FILE_ENTRY
+    model, micro = old_microsecond_model()
+    model.save(tmp_path / "new.skcrnn")
+    record = _persistence.read(tmp_path / "new.skcrnn", "BigramRecommender")
+    assert record["time_unit"] == "ns"
+    old = {key: value for key, value in record.items()
+           if key not in ("format", "format_version", "estimator", "checksum",
+                          FILE_ENTRY, "time_unit")}
+    old["last_times"] = micro  # as 0.1.0 wrote them
+    _persistence.write(tmp_path / "old.skcrnn", "BigramRecommender", old)
+    loaded = BigramRecommender.load(tmp_path / "old.skcrnn")
+    np.testing.assert_array_equal(loaded._last_times, model._last_times)
+    assert_ordered_in_nanoseconds(loaded)
+
+
+def test_a_pickle_of_before_the_unit_converts():
+    from skcrnn._migrations import PICKLE_KEY
+    model, micro = old_microsecond_model()
+    state = model.__getstate__()
+    for key in (PICKLE_KEY, "_time_unit"):
+        del state[key]
+    state["_last_times"] = micro
+    restored = BigramRecommender.__new__(BigramRecommender)
+    restored.__setstate__(state)
+    np.testing.assert_array_equal(restored._last_times, model._last_times)
+    assert restored._time_unit == "ns"
+    assert_ordered_in_nanoseconds(restored)
+
+
+@pytest.mark.parametrize("unit, factor", [("s", 10 ** 9), ("ms", 10 ** 6),
+                                          ("us", 10 ** 3), ("ns", 1)])
+def test_the_unit_is_told_by_the_magnitude(unit, factor):
+    from skcrnn._events import nanoseconds_from_magnitude
+    times = datetimes(["1973-03-04", "2021-01-01", "2262-01-01"], unit)
+    raw = times.to_numpy().view(np.int64)
+    expected = times.dt.as_unit("ns").to_numpy().view(np.int64)
+    np.testing.assert_array_equal(nanoseconds_from_magnitude(raw), expected)
+    assert factor * raw[1] == expected[1]
