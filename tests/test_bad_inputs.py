@@ -247,6 +247,30 @@ FRAME_CASES = [
      "k must be a positive integer"),
     ("recall-not-a-recommender", lambda e: recall_at_k(EventFilter().fit(e), e),
      TypeError, "EventFilter is not a skcrnn recommender"),
+    # issue 24: call sequences that let wrong answers through
+    # (tests/test_call_sequences.py and test_params_after_fit.py for the rest)
+    ("times-beyond-nanoseconds", lambda e: fit(e.assign(timestamp=pd.Series(
+        np.array(["1500-01-01"] * len(e), dtype="datetime64[s]"), index=e.index))),
+     ValueError, "outside the range that nanoseconds hold"),
+    ("update-bool-item-on-strings", lambda e: _quiet(lambda: fit(e).update(
+        e.iloc[:1].assign(item=True, timestamp=e["timestamp"].max()))),
+     TypeError, r"X\['item'\] holds boolean labels, but the model's items are "
+                r"string"),
+    ("partial-fit-string-user-on-integers", lambda e: fit(e).partial_fit(
+        e.iloc[:1].assign(user="7", timestamp=e["timestamp"].max())),
+     TypeError, r"X\['user'\] holds string labels, but the model's users are "
+                r"numeric"),
+    ("fit-time-parameter-set-after-fit", lambda e: _quiet(lambda: fit(e).set_params(
+        alpha=5.0).score(e)), ValueError,
+     r"alpha=5.0 was set after fit, but the model was fitted with alpha=1.0"),
+    ("copy-history-set-after-fit-then-save", lambda e: rnn().fit(e).set_params(
+        copy_history=True).save("/nonexistent/model.skcrnn"), ValueError,
+     "copy_history=True was set after fit"),
+    ("negative-power-beyond-one", lambda e: rnn(loss="sampled", n_negatives=2,
+                                                negative_power=200.0).fit(e),
+     InvalidParameterError, "'negative_power' parameter"),
+    ("initial-state-beyond-the-cells-range", lambda e: rnn(initial_state=1e39).fit(e),
+     InvalidParameterError, "'initial_state' parameter"),
 ]
 
 

@@ -257,6 +257,10 @@ class CollaborativeGRURecommender(TorchRecommender):
         With ``copy_history``: the decayed counts ``w(i)`` of each user's
         items at the end of the user's history (the copy component's cache,
         advanced by :meth:`update` and :meth:`partial_fit`).
+    history_weights_decay_ : float
+        With ``copy_history``: the ``copy_decay`` of ``history_weights_``.
+        ``copy_decay`` is a scoring-time parameter: set to another value
+        after fit, the cache is recomputed from the histories when next read.
     device_ : str
         Where ``network_`` lives.
     classes_ : ndarray of shape (n_items,)
