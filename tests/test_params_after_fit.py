@@ -44,33 +44,23 @@ OTHER_VALUES = {
 }
 
 
+#: A second valid value, where an estimator's own value is OTHER_VALUES'.
+SECOND_VALUES = {
+    "handle_unknown": "ignore", "algorithm": "bpr", "cell": "gru",
+    "recurrent_weights": "per_user", "candidate_activation": "sigmoid",
+    "optimizer": "rmsprop", "loss": "full", "device": "auto", "n_heads": 1,
+    "copy_history": False, "user_embedding": False, "tie_weights": True,
+    "use_gpu": True, "verbose": 1, "refit": True, "n_jobs": 2,
+}
+
+
 def other_value(estimator, name):
+    """A valid value of ``name`` other than the estimator's own."""
     value = estimator.get_params()[name]
-    new = OTHER_VALUES[name]
-    if new == value or (name == "n_heads" and estimator.get_params()["n_heads"] == 2):
-        new = {True: False, False: True}.get(value, None)
-        if name == "n_heads":
-            new = 1
-        elif name in ("algorithm",):
-            new = "bpr" if value == "als" else "als"
-        elif name == "cell":
-            new = "gru"
-        elif name == "recurrent_weights":
-            new = "per_user"
-        elif name == "candidate_activation":
-            new = "sigmoid"
-        elif name == "handle_unknown":
-            new = "ignore"
-        elif name == "optimizer":
-            new = "rmsprop"
-        elif name == "loss":
-            new = "full"
-        elif name == "device":
-            new = "auto"
-        elif new is None:
-            new = value * 2 if isinstance(value, (int, float)) else None
-    assert new is not None and new != value, (name, value)
-    return new
+    for candidate in (OTHER_VALUES[name], SECOND_VALUES.get(name)):
+        if candidate is not None and candidate != value:
+            return candidate
+    raise AssertionError(f"no other value of {name} than {value!r}")
 
 
 @pytest.fixture(scope="module")
