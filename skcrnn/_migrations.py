@@ -132,6 +132,7 @@ MIGRATIONS = (
         Parameter(_GRU, "partial_epochs", 1, "partial_fit"),
         Parameter(_TORCH, "replay_epochs", 0, "partial_fit: no replay"),
         Parameter(_TORCH, "repeat_bias", 0.0, "no repeat bias"),
+        Parameter(_TORCH, "warm_start", False, "fit starts afresh"),
         Fitted(_BASE, "time_kind", "_time_kind", None,
                "update(): no time kind known, any kind goes"),
         Fitted(_BASE, "last_times", "_last_times", None,

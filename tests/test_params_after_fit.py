@@ -36,7 +36,7 @@ OTHER_VALUES = {
     "max_train_chunks": 2, "initial_state": 0.2, "copy_history": True,
     "copy_decay": 0.5, "optimizer": "adam", "rho": 0.9, "epsilon": 1e-6,
     "batch_size": 3, "max_epochs": 1, "validation_fraction": 0.2,
-    "n_iter_no_change": 1, "refit": False, "partial_epochs": 2,
+    "n_iter_no_change": 1, "refit": False, "warm_start": True, "partial_epochs": 2,
     "replay_epochs": 1, "repeat_bias": -1.5, "device": "cpu",
     "checkpoint_dir": "checkpoints", "n_blocks": 1, "n_heads": 2,
     "max_history": 2, "user_embedding": True, "tie_weights": False,

@@ -122,6 +122,18 @@ class SelfAttentionRecommender(TorchRecommender):
     refit : bool, default=True
         After early stopping, train a new network (same seed) on all events
         for ``best_epoch_`` epochs; ``False`` keeps the best epoch's weights.
+    warm_start : bool, default=False
+        scikit-learn's ``warm_start``: ``fit`` on a fitted model starts from
+        its network and optimizer statistics instead of a new
+        initialisation, then trains on all of its events with the same
+        validation split, early stopping and refit (which starts from the
+        same warm weights). The vocabularies are those of the new events:
+        known users and items keep their rows, new ones get the rows that
+        :meth:`partial_fit` gives them, those absent are dropped. A
+        fit-time parameter changed since the fit (``hidden_size`` ...) makes
+        the warm ``fit`` raise ``ValueError``. An unfitted model (and a
+        ``clone``) fits from scratch. Not supported by
+        :func:`~skcrnn.fit_distributed`.
     partial_epochs : int, default=1
         Passes over the new events in each :meth:`partial_fit` call on a
         fitted model; ``0`` only grows the network for the new users and
@@ -251,7 +263,7 @@ class SelfAttentionRecommender(TorchRecommender):
                  tie_weights=True, train_stride=None,
                  optimizer="adam", rho=0.997, epsilon=1e-8, batch_size=64,
                  max_epochs=50, validation_fraction=0.1, n_iter_no_change=3,
-                 refit=True, partial_epochs=1, replay_epochs=0,
+                 refit=True, warm_start=False, partial_epochs=1, replay_epochs=0,
                  repeat_bias=0.0, device="auto", n_jobs=None,
                  random_state=None, verbose=0, checkpoint_dir=None, user_col="user",
                  item_col="item", time_col="timestamp", handle_unknown="ignore"):
@@ -272,6 +284,7 @@ class SelfAttentionRecommender(TorchRecommender):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.refit = refit
+        self.warm_start = warm_start
         self.partial_epochs = partial_epochs
         self.replay_epochs = replay_epochs
         self.repeat_bias = repeat_bias

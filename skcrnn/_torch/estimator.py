@@ -15,6 +15,9 @@ and persistence hooks:
   and items along the rows it declares in ``row_indexed``, the optimizer's
   statistics with it, then the same training loop over the new events only,
   each user continuing where its history left off;
+- ``warm_start``: a ``fit`` of a fitted model that starts from its network
+  and optimizer statistics, carried to the new vocabularies by label
+  (``_warm_start_point``);
 - saving, loading (onto any device) and pickling the fitted network.
 
 A model is a subclass that supplies its network and its batches:
@@ -55,12 +58,16 @@ import os
 from abc import abstractmethod
 from numbers import Integral, Real
 
+import hashlib
+
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from tqdm.auto import tqdm
 
-from .._base import BaseRecommender
+from .. import _encoding
+from .._base import BaseRecommender, _same_value
 from .batching import validation_sizes
 from .checkpoint import Checkpoint, fingerprint
 from .cluster import WholeShard, current_cluster
@@ -76,7 +83,7 @@ from .runtime import cpu_threads, draw_seeds, resolve_device, usable_device
 NOT_IN_FINGERPRINT = frozenset({"verbose", "device", "n_jobs", "checkpoint_dir",
                                 "user_col", "item_col", "time_col",
                                 "handle_unknown", "partial_epochs", "replay_epochs",
-                                "repeat_bias"})
+                                "repeat_bias", "warm_start"})
 
 
 class TorchRecommender(BaseRecommender):
@@ -98,6 +105,7 @@ class TorchRecommender(BaseRecommender):
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "refit": ["boolean"],
+        "warm_start": ["boolean"],
         "partial_epochs": [Interval(Integral, 0, None, closed="left")],
         "replay_epochs": [Interval(Integral, 0, None, closed="left")],
         "repeat_bias": [Interval(Real, None, None, closed="neither")],
@@ -113,7 +121,8 @@ class TorchRecommender(BaseRecommender):
         "repeat_bias", "learning_rate", "optimizer", "rho", "epsilon",
         "batch_size", "max_epochs", "validation_fraction",
         "n_iter_no_change", "refit", "partial_epochs", "replay_epochs",
-        "device", "n_jobs", "random_state", "verbose", "checkpoint_dir"}
+        "device", "n_jobs", "random_state", "verbose", "checkpoint_dir",
+        "warm_start"}
 
     #: Fitted tensor attributes besides ``network_``: attribute -> entry of
     #: the saved file. They are saved, loaded and pickled on the CPU, and
@@ -179,13 +188,102 @@ class TorchRecommender(BaseRecommender):
         if self.checkpoint_dir is not None:
             _check_directory(self.checkpoint_dir, "checkpoint_dir")
 
+    def fit(self, X, y=None):
+        """Learn from the events in ``X``.
+
+        The fit is all or nothing: if it raises (bad data found late, a
+        diverging optimizer, ``KeyboardInterrupt``), the recommender is left
+        exactly as it was before the call, fitted or not.
+
+        With ``warm_start=True`` on a fitted model, training starts from the
+        model's network and optimizer statistics instead of a new
+        initialisation (scikit-learn's ``warm_start``). The vocabularies and
+        histories are those of ``X``, as in any fit: an item or user that
+        the model knows keeps its rows (found by label), a new one gets the
+        rows that :meth:`partial_fit` would give it, and the rows of items
+        and users absent from ``X`` are dropped. Training then runs as a
+        cold fit does: validation split, early stopping and, with
+        ``refit=True``, a refit on all events that starts from the same warm
+        weights. Otherwise (``warm_start=False``, or an unfitted model) the
+        fit starts afresh.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events with the user, item and time columns.
+        y : None
+            Ignored; present for scikit-learn's API.
+
+        Returns
+        -------
+        self : object
+            The fitted recommender.
+
+        Raises
+        ------
+        ValueError
+            With ``warm_start=True`` on a fitted model, if a fit-time
+            parameter (``docs/parameters.rst``) changed since the model was
+            fitted: the network cannot continue at another shape. Set it
+            back, or set ``warm_start=False`` for a fit from scratch. Also
+            raised by a warm fit under :func:`~skcrnn.fit_distributed`.
+        """
+        self._validate_params()
+        if self._warm():
+            self._check_warm_params()
+        return super().fit(X, y)
+
+    def _warm(self):
+        """Whether the next ``fit`` starts from this model (``warm_start``)."""
+        return bool(self.warm_start) and hasattr(self, "network_")
+
+    def _check_warm_params(self):
+        """Raise ``ValueError`` if a fit-time parameter changed since ``fit``."""
+        params = self.get_params(deep=False)
+        changed = [(name, fitted, params[name])
+                   for name, fitted in self._fitted_params.items()
+                   if not _same_value(fitted, params[name])]
+        if changed:
+            name, fitted, value = changed[0]
+            others = ("" if len(changed) == 1 else
+                      f" (and {', '.join(n for n, _, _ in changed[1:])})")
+            raise ValueError(
+                f"{type(self).__name__}: warm_start=True continues the fitted "
+                f"network, but {name}={value!r} was set after fit, and the model "
+                f"was fitted with {name}={fitted!r}{others}; it is a fit-time "
+                f"parameter, which the network cannot continue from. Set it "
+                f"back with set_params({name}={fitted!r}), or set "
+                f"warm_start=False to fit from scratch.")
+
+    def _unfitted_copy(self):
+        """``fit``'s staging copy; a warm fit's also holds the fitted model.
+
+        The fitted model (a shallow copy: its objects are only read) is
+        ``_warm_from`` until ``_fit_sequences`` takes it.
+        """
+        staged = super()._unfitted_copy()
+        vars(staged).pop("_warm_from", None)
+        if self._warm():
+            staged._warm_from = self._shallow_copy()
+        return staged
+
     def _fit_sequences(self, sequences):
+        previous = vars(self).pop("_warm_from", None)
         device = resolve_device(self.device)
         with cpu_threads(self.n_jobs):
             cluster = current_cluster()
+            start = None
+            if previous is not None:
+                if not cluster.alone:
+                    raise ValueError(
+                        f"warm_start=True cannot continue a fitted model under "
+                        f"fit_distributed (its {cluster.world_size} processes "
+                        f"start from new networks); set warm_start=False, or "
+                        f"fit in one process.")
+                start = self._warm_start_point(previous)
             shard = cluster.start(sequences.lengths,
-                                  lambda: self._fingerprint(sequences))
-            network = self._fit_network(sequences, device, shard)
+                                  lambda: self._fingerprint(sequences, start))
+            network = self._fit_network(sequences, device, shard, start)
             # a rank other than 0 of several stops here (NotRankZero)
             network, self.optimizer_state_ = shard.gather(
                 network, self.optimizer_state_,
@@ -195,21 +293,78 @@ class TorchRecommender(BaseRecommender):
             self.partial_history_ = []
             self._after_fit(sequences)
 
-    def _fingerprint(self, sequences):
-        """What this fit's training depends on (:func:`.checkpoint.fingerprint`)."""
+    def _fingerprint(self, sequences, start=None):
+        """What this fit's training depends on (:func:`.checkpoint.fingerprint`).
+
+        A warm fit's also holds ``warm_start``, a digest of the weights and
+        statistics it starts from (``start``, a :class:`_WarmStart`): its
+        checkpoint resumes only a warm fit from the same model.
+        """
         params = {name: value for name, value in self.get_params(deep=False).items()
                   if name not in NOT_IN_FINGERPRINT}
-        return fingerprint(params, sequences, self.n_items_)
+        result = fingerprint(params, sequences, self.n_items_)
+        if start is not None:
+            result["warm_start"] = start.digest()
+        return result
 
-    def _fit_network(self, sequences, device, shard):
+    def _warm_start_point(self, previous):
+        """The weights and optimizer statistics that a warm fit starts from.
+
+        ``previous`` is the fitted model; ``self`` has the vocabularies of
+        the new fit. The previous network is first grown, as ``partial_fit``
+        grows it (:meth:`_grown`: the known rows, ``_initial_rows`` for the
+        users and items it does not know, zero statistics for them), to the
+        previous vocabularies followed by the new labels; the rows of every
+        row-indexed parameter, and of its statistics, are then taken in the
+        order of the new vocabularies (those of labels absent from the new
+        events are dropped).
+
+        Returns
+        -------
+        _WarmStart
+            On the CPU.
+        """
+        grown = previous._shallow_copy()
+        new = {}
+        for name, labels in (("classes_", self.classes_), ("users_", self.users_)):
+            old = getattr(previous, name)
+            unknown = pd.Index(old).get_indexer(labels) < 0
+            setattr(grown, name, _encoding.grown(old, labels[unknown]))
+            new[name] = pd.Index(getattr(grown, name)).get_indexer(labels)
+        grown.n_items_, grown.n_users_ = len(grown.classes_), len(grown.users_)
+        with torch.no_grad():
+            network, optimizer_state = grown._grown(len(previous._history.items))
+        rows = {"item": torch.as_tensor(new["classes_"]),
+                "user": torch.as_tensor(new["users_"])}
+        row_indexed = network.row_indexed
+
+        def taken(name, tensor):
+            tensor = tensor.detach().cpu()
+            if name in row_indexed:
+                return tensor.index_select(0, rows[row_indexed[name]])
+            return tensor.clone()
+
+        state = {name: taken(name, tensor)
+                 for name, tensor in network.state_dict().items()}
+        if optimizer_state is not None:
+            optimizer_state = {
+                "name": optimizer_state["name"],
+                "state": {name: {key: taken(name, tensor)
+                                 for key, tensor in statistics.items()}
+                          for name, statistics in optimizer_state["state"].items()}}
+        return _WarmStart(state, optimizer_state)
+
+    def _fit_network(self, sequences, device, shard, start=None):
         """Early stopping, then the optional refit; the trained network.
 
         ``shard`` is this process's part of the fit (:mod:`.cluster`): in a
         cluster of one, every user; under ``fit_distributed``, this rank's,
         and the network then holds the per-user parameters of its users only.
+        ``start`` (a :class:`_WarmStart`) is where both phases of a warm fit
+        start; None starts each from a new initialisation.
         """
         seeds = shard.cluster.broadcast_object(draw_seeds(self.random_state))
-        checkpoint, record = self._open_checkpoint(sequences)
+        checkpoint, record = self._open_checkpoint(sequences, start)
         if record is not None:
             seeds = record["seeds"]  # those of the fit that wrote it
         lengths = sequences.lengths
@@ -223,7 +378,7 @@ class TorchRecommender(BaseRecommender):
         else:
             network, self.history_, self.best_epoch_, self.optimizer_state_ = (
                 self._train(sequences, n_train, self.max_epochs, seeds, device,
-                            shard, _phase(checkpoint, 1, seeds, record)))
+                            shard, _phase(checkpoint, 1, seeds, record), start))
         self.n_iter_ = len(self.history_)
         self.refit_history_ = None
         if self.refit and self.best_epoch_ is not None:
@@ -232,12 +387,12 @@ class TorchRecommender(BaseRecommender):
             network, self.refit_history_, _, self.optimizer_state_ = self._train(
                 sequences, lengths, self.best_epoch_, seeds, device, shard,
                 _phase(checkpoint, 2, seeds, record, first_history=self.history_,
-                       first_best_epoch=self.best_epoch_))
+                       first_best_epoch=self.best_epoch_), start)
         if checkpoint is not None:
             checkpoint.remove()
         return network
 
-    def _open_checkpoint(self, sequences):
+    def _open_checkpoint(self, sequences, start=None):
         """The fit's :class:`Checkpoint` and the record it resumes from.
 
         ``(None, None)`` without ``checkpoint_dir``; the record is None when
@@ -246,24 +401,32 @@ class TorchRecommender(BaseRecommender):
         if self.checkpoint_dir is None:
             return None, None
         checkpoint = Checkpoint(self.checkpoint_dir, type(self).__name__,
-                                self._fingerprint(sequences))
+                                self._fingerprint(sequences, start))
         return checkpoint, checkpoint.read()
 
     def _train(self, sequences, n_train, max_epochs, seeds, device, shard,
-               checkpoint=None):
+               checkpoint=None, start=None):
         """Train a new network on each user's first ``n_train`` events.
 
         The events after them, if any, are the validation events. The same
-        ``seeds`` give the same initial weights and batch orders. The
-        network keeps the rows of ``shard``'s users only and validates on
-        them, the loss averaged over all ranks' users.
+        ``seeds`` give the same initial weights and batch orders; a warm fit
+        (``start``, a :class:`_WarmStart`) starts from its weights and
+        optimizer statistics instead. The network keeps the rows of
+        ``shard``'s users only and validates on them, the loss averaged over
+        all ranks' users.
 
         Returns the network, its history, its best epoch (None without
         validation) and the optimizer's final statistics.
         """
-        generator = torch.Generator().manual_seed(int(seeds[0]))
-        network = shard.localize(
-            self._new_network().reset_parameters(generator).to(device))
+        optimizer_state = None
+        if start is None:
+            generator = torch.Generator().manual_seed(int(seeds[0]))
+            network = self._new_network().reset_parameters(generator)
+        else:
+            network = self._new_network()
+            network.load_state_dict(start.network_state)
+            optimizer_state = start.optimizer_state
+        network = shard.localize(network.to(device))
         validate = None
         if (sequences.lengths > n_train).any():
             mine, local = shard.users(n_train), shard.sequences(sequences)
@@ -272,7 +435,7 @@ class TorchRecommender(BaseRecommender):
         history, best_epoch, optimizer_state = self._run_epochs(
             network, sequences, n_train, max_epochs,
             np.random.default_rng(int(seeds[1])), device, shard, validate=validate,
-            checkpoint=checkpoint)
+            checkpoint=checkpoint, optimizer_state=optimizer_state)
         return network, history, best_epoch, optimizer_state
 
     def _run_epochs(self, network, sequences, n_train, max_epochs, rng, device, shard,
@@ -530,6 +693,31 @@ class TorchRecommender(BaseRecommender):
             for attribute in self._fitted_tensors:
                 setattr(self, attribute, getattr(self, attribute).to(target))
             self.device_ = str(target)
+
+
+class _WarmStart:
+    """Where a warm fit starts: a network's state dict and optimizer statistics.
+
+    Both on the CPU, in the order of the new fit's vocabularies; the
+    statistics are None where the fitted model has none (a file saved
+    before they were kept).
+    """
+
+    def __init__(self, network_state, optimizer_state):
+        self.network_state = network_state
+        self.optimizer_state = optimizer_state
+
+    def digest(self):
+        """A SHA-256 of the weights and statistics (for the fit's fingerprint)."""
+        digest = hashlib.sha256()
+        statistics = {} if self.optimizer_state is None else {
+            f"{name}/{key}": tensor
+            for name, state in self.optimizer_state["state"].items()
+            for key, tensor in state.items()}
+        for name, tensor in sorted({**self.network_state, **statistics}.items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
 
 def _frozen(network):
