@@ -170,6 +170,12 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         check_is_fitted(self)
         self._check_params_as_fitted()
 
+    def _changed_fit_time_params(self):
+        """``(name, fitted value, current value)`` of each fit-time parameter changed since fit."""
+        params = self.get_params(deep=False)
+        return [(name, fitted, params[name]) for name, fitted
+                in self._fitted_params.items() if not _same_value(fitted, params[name])]
+
     def _check_params_as_fitted(self):
         """Raise ``ValueError`` if a fit-time parameter changed since ``fit``.
 
@@ -177,10 +183,7 @@ class BaseRecommender(BaseEstimator, metaclass=ABCMeta):
         fitted cannot change under a fitted model; the message names it, its
         fitted value, and the two ways out.
         """
-        changed = [(name, fitted, value) for (name, fitted), value in zip(
-            self._fitted_params.items(),
-            (self.get_params(deep=False)[name] for name in self._fitted_params))
-            if not _same_value(fitted, value)]
+        changed = self._changed_fit_time_params()
         if changed:
             name, fitted, value = changed[0]
             others = ("" if len(changed) == 1 else

@@ -54,11 +54,10 @@ A model is a subclass that supplies its network and its batches:
 """
 
 import copy
+import hashlib
 import os
 from abc import abstractmethod
 from numbers import Integral, Real
-
-import hashlib
 
 import numpy as np
 import pandas as pd
@@ -67,7 +66,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from tqdm.auto import tqdm
 
 from .. import _encoding
-from .._base import BaseRecommender, _same_value
+from .._base import BaseRecommender
 from .batching import validation_sizes
 from .checkpoint import Checkpoint, fingerprint
 from .cluster import WholeShard, current_cluster
@@ -239,10 +238,7 @@ class TorchRecommender(BaseRecommender):
 
     def _check_warm_params(self):
         """Raise ``ValueError`` if a fit-time parameter changed since ``fit``."""
-        params = self.get_params(deep=False)
-        changed = [(name, fitted, params[name])
-                   for name, fitted in self._fitted_params.items()
-                   if not _same_value(fitted, params[name])]
+        changed = self._changed_fit_time_params()
         if changed:
             name, fitted, value = changed[0]
             others = ("" if len(changed) == 1 else
