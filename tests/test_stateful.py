@@ -28,14 +28,23 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
 from sklearn.base import clone
 
 from skcrnn import (BigramRecommender, CollaborativeGRURecommender,
-                    PersonalUnigramRecommender, SelfAttentionRecommender)
+                    HMMRecommender, MatrixFactorizationRecommender,
+                    PersonalUnigramRecommender, SelfAttentionRecommender,
+                    UniformRecommender, UnigramRecommender)
 
 TINY_TORCH = dict(max_epochs=1, batch_size=4, device="cpu", random_state=0)
 
 #: name -> (estimator, {scoring-time parameter: values}, {fit-time parameter: value})
 CASES = {
+    "uniform": (UniformRecommender(), {"handle_unknown": ["ignore"]}, {}),
+    "unigram": (UnigramRecommender(alpha=1.0), {}, {"alpha": 3.0}),
     "bigram": (BigramRecommender(alpha=2.0),
                {"alpha": [0.5, 2.0]}, {}),
+    "matrix-factorization": (MatrixFactorizationRecommender(
+        n_factors=2, n_iterations=2, random_state=0),
+        {"learning_rate": [0.01, 0.1]}, {"n_factors": 3}),
+    "hmm": (HMMRecommender(n_states=2, n_iter=3, random_state=0),
+            {"tol": [0.01, 0.1]}, {"n_states": 3}),
     "personal-unigram": (PersonalUnigramRecommender(beta=2.0),
                          {"beta": [0.5, 2.0]}, {}),
     "c-gru": (CollaborativeGRURecommender(hidden_size=3, chunk_size=4, **TINY_TORCH),
