@@ -207,6 +207,32 @@ def test_summed_cross_entropy_is_exact_for_very_unlikely_targets():
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("shift", [100.0, -100.0], ids=["overflow", "underflow"])
+def test_summed_cross_entropy_shifts_the_blocks_that_need_it(shift):
+    """A row whose unshifted exponentials leave float32's range, among ordinary rows.
+
+    The loss exponentiates the logits without subtracting each row's
+    maximum; a block with a row of very large logits (``exp`` overflows)
+    or of only very small ones (its sum underflows to 0) starts again from
+    ``logits - max``. Without that, the loss would be infinite or NaN.
+    """
+    hidden, weight, bias, targets = _output_problem(n_rows=48, n_items=11, size=4)
+    with torch.no_grad():  # an extra input whose output weight is 1 moves row 5
+        hidden = torch.cat([hidden, torch.zeros(48, 1, dtype=torch.float64)], dim=1)
+        hidden[5, -1] = shift
+        weight = torch.cat([weight, torch.ones(11, 1, dtype=torch.float64)], dim=1)
+    reference = [t.detach().requires_grad_() for t in (hidden, weight, bias)]
+    single = [t.detach().float().requires_grad_() for t in (hidden, weight, bias)]
+    got = summed_cross_entropy(*single, targets, block_cells=11 * 16)
+    h, w, b = reference
+    expected = F.cross_entropy(h @ w.T + b, targets, reduction="sum")
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
+    for g, e, name in zip(torch.autograd.grad(got, single),
+                          torch.autograd.grad(expected, reference),
+                          ("hidden", "weight", "bias")):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_thread_policy_restores_the_count_even_from_several_threads():
     """Fits in several Python threads share torch's setting: the last one out restores it."""
     before = torch.get_num_threads()

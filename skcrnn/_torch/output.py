@@ -6,10 +6,12 @@ so that no ``(rows x items)`` tensor larger than a block ever exists:
 
 :func:`summed_cross_entropy`
     the training loss ``sum_n -log softmax(h_n W^T + b)[y_n]``, with a
-    hand-written backward pass: each block's gradient is formed while its
-    probabilities are still in cache, as ``(P - onehot(y))`` and two matrix
-    products; nothing of size ``(rows x items)`` is kept for the backward
-    pass, and there is no separate log-softmax backward;
+    hand-written backward pass: each block's gradients are formed while its
+    exponentials are still in cache, by two matrix products; the block is
+    written by one product (the bias folded in), exponentiated in place,
+    summed and read twice, with no pass to subtract a maximum, normalise or
+    subtract the targets (row factors on the small operands do that);
+    nothing of size ``(rows x items)`` is kept for the backward pass;
 :func:`sampled_cross_entropy` and :class:`UnigramProposal`
     a training loss that reads only a few items' output rows: the softmax
     over each row's target and negatives shared by the rows, drawn from
@@ -58,9 +60,9 @@ def summed_cross_entropy(hidden, weight, bias, targets, block_cells=None,
     """``sum_n -log softmax(hidden_n @ weight.T + bias)[targets_n]``.
 
     The logits are computed a block of rows at a time, small enough to stay
-    in the processor's cache, and each block's gradient is formed right
-    away from its probabilities (``p - onehot(y)`` times the block's rows):
-    the ``(N x V)`` logits never exist at once, nothing of that size is kept
+    in the processor's cache, and each block's gradients are formed right
+    away from its exponentials (see :class:`_SummedCrossEntropy`): the
+    ``(N x V)`` logits never exist at once, nothing of that size is kept
     for the backward pass, and the backward pass only scales the gradients.
 
     Parameters
@@ -92,10 +94,52 @@ def summed_cross_entropy(hidden, weight, bias, targets, block_cells=None,
 
 
 def _block_rows(n_rows, n_items, block_cells):
-    return max(16, min(n_rows, block_cells // max(n_items, 1)))
+    """Rows per block: at most ``block_cells / n_items`` (at least 16), the
+    blocks of a call of about equal size (no small last block)."""
+    most = max(16, block_cells // max(n_items, 1))
+    n_blocks = -(-n_rows // most)
+    return max(1, -(-n_rows // n_blocks))
+
+
+def _exp_in_place(logits, augmented, weight_t, dtype_range):
+    """``exp`` of a block's logits, in place, and each row's shift and sum.
+
+    Without a shift, ``exp(logits)`` and its row sums are exact while every
+    row's sum stays in ``dtype_range`` (about ``[1e-19, 1e19]`` in float32:
+    logits of at most about 44), which also keeps the gradient products
+    finite; a row outside it (rare: very confident or very cold states)
+    makes the block start again from ``logits - max``, the textbook
+    log-sum-exp. Either way ``exp(logits - shift) / sums`` are the
+    probabilities: the shift cancels.
+    """
+    proba = logits.exp_()
+    sums = proba.sum(dim=1, keepdim=True)
+    low, high = dtype_range
+    if bool(((sums >= low) & (sums <= high)).all()):
+        return proba, None, sums
+    torch.mm(augmented, weight_t, out=logits)
+    shift = logits.amax(dim=1, keepdim=True)
+    proba = logits.sub_(shift).exp_()
+    return proba, shift, proba.sum(dim=1, keepdim=True)
 
 
 class _SummedCrossEntropy(torch.autograd.Function):
+    """The loss's forward pass forms the gradients; the backward pass scales them.
+
+    Per block of rows, with ``a = [h | 1]`` and ``E = exp(logits)`` (the
+    bias is the last column of ``[W | b]``, so the logits are one product)
+    and ``s`` its row sums, the logits' gradient is ``c (E / s - Y)`` (``Y``
+    the targets' one-hot rows, ``c`` the adjustment's scale, else 1). It is
+    never formed: the row factors ``f = c / s`` go on the small operands,
+
+        d hidden = f * (E @ W) - c * W[y]
+        d [W | b]^T = (f * a)^T @ E - sum_n c_n a_n^T onehot(y_n)
+
+    so that the ``(rows x items)`` block is written by one product, made
+    its exponentials in place, summed, and read by the two gradient
+    products: no pass to add the bias, subtract a maximum, normalise or
+    subtract the targets.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, block_cells, row_values,
@@ -109,50 +153,59 @@ class _SummedCrossEntropy(torch.autograd.Function):
             return hidden.new_zeros(())
         rows = _block_rows(n_rows, weight.shape[0], block_cells)
         gradients = any(ctx.needs_input_grad[:3])
+        info = torch.finfo(hidden.dtype)
+        dtype_range = (math.sqrt(info.tiny), math.sqrt(info.max))
+        # [h | 1] twice: row-major for the logits, transposed for the
+        # weights' gradient; and [W | b], transposed
+        augmented = torch.ones(n_rows, size + 1, dtype=hidden.dtype,
+                               device=hidden.device)
+        augmented[:, :size] = hidden
+        augmented_t = augmented.T.contiguous()
+        weight_t = torch.cat([weight, bias[:, None]], dim=1).T
         nll = hidden.new_empty(n_rows, 1)
-        # per-block views made once: the blocks are many and small
-        blocks = zip(hidden.split(rows), targets[:, None].split(rows), nll.split(rows))
+        targets = targets[:, None]
         if gradients:
             grad_hidden = torch.empty_like(hidden)
-            grad_blocks = grad_hidden.split(rows)
-            # [h | 1]^T @ (P - Y): the weight's gradient (transposed) and, in
-            # its last row, the bias's, from one product
-            augmented_t = torch.ones(size + 1, n_rows, dtype=hidden.dtype,
-                                     device=hidden.device)
-            augmented_t[:size] = hidden.T
-            augmented_blocks = augmented_t.split(rows, dim=1)
             grad_both_t = None
-            minus_one = hidden.new_full((rows, 1), -1.0)
         if adjusting:
             row_grad = torch.empty_like(row_values)
-            row_grad_blocks = row_grad.split(rows)
-        for index, (block, block_targets, block_nll) in enumerate(blocks):
-            logits = torch.addmm(bias, block, weight.T)
+        for begin in range(0, n_rows, rows):
+            block = slice(begin, min(begin + rows, n_rows))
+            block_targets = targets[block]
+            logits = torch.mm(augmented[block], weight_t)
             target_logits = logits.gather(1, block_targets)
-            max_logits = logits.amax(dim=1, keepdim=True)
-            proba = logits.sub_(max_logits).exp_()  # in place: one block buffer
-            sums = proba.sum(dim=1, keepdim=True)
-            proba.div_(sums)
-            torch.sub(max_logits + sums.log_(), target_logits, out=block_nll)
+            proba, shift, sums = _exp_in_place(logits, augmented[block], weight_t,
+                                               dtype_range)
+            block_nll = nll[block]
+            torch.sub(torch.log(sums), target_logits, out=block_nll)
+            if shift is not None:
+                block_nll.add_(shift)
+            scale = None
             if adjusting:
                 # the adjusted loss; the logits' gradient is its derivative
                 # (the scale) times p - onehot(y)
-                begin = index * rows
-                loss, scale, grad = adjust.target_loss(
-                    -block_nll[:, 0], slice(begin, begin + len(block)))
+                loss, scale, grad = adjust.target_loss(-block_nll[:, 0], block)
                 block_nll[:, 0] = loss
-                row_grad_blocks[index].copy_(grad)
+                row_grad[block] = grad
                 scale = scale[:, None]
-            if gradients:  # d(-log p_y)/d(logits) = p - onehot(y)
-                proba.scatter_add_(1, block_targets, minus_one[:len(block)])
-                if adjusting:
-                    proba.mul_(scale)
-                torch.mm(proba, weight, out=grad_blocks[index])
-                product = augmented_blocks[index] @ proba
-                if grad_both_t is None:
-                    grad_both_t = product
-                else:
-                    grad_both_t.add_(product)
+            if not gradients:
+                continue
+            factor = sums.reciprocal_() if scale is None else scale / sums
+            target_rows = F.embedding(block_targets[:, 0], weight)
+            if scale is not None:
+                target_rows = target_rows * scale
+            out = grad_hidden[block]
+            torch.mm(proba, weight, out=out)
+            out.mul_(factor).sub_(target_rows)
+            scaled_t = augmented_t[:, block] * factor.T
+            if grad_both_t is None:
+                grad_both_t = scaled_t @ proba
+            else:
+                grad_both_t.addmm_(scaled_t, proba)
+            onehot_t = augmented_t[:, block]
+            if scale is not None:
+                onehot_t = onehot_t * scale.T
+            grad_both_t.index_add_(1, block_targets[:, 0], onehot_t, alpha=-1)
         if gradients or adjusting:
             ctx.save_for_backward(grad_hidden if gradients else None,
                                   grad_both_t[:size].T if gradients else None,
