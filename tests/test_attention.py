@@ -7,6 +7,7 @@ over slots and heads, from the fitted parameters; nothing of the package's
 forward or window code is used.
 """
 
+import copy
 import math
 import warnings
 
@@ -271,6 +272,39 @@ def test_training_windows_are_the_scoring_windows(stride):
                 for i in new.items[new.indptr[u]:new.indptr[u + 1]]]
     assert sorted(trained) == sorted(expected)
     assert windows.n_events.sum() == len(new.items)
+
+
+def test_training_step_loss_is_the_full_windows_cross_entropy(fitted):
+    """A step's last block runs only the trained slots' queries: without
+    dropout its loss is the mean cross-entropy, at exactly the trained
+    slots, of the states the whole windows give (and so are the gradients)."""
+    network = copy.deepcopy(fitted.network_).double().requires_grad_(True)
+    generator = np.random.default_rng(0)
+    sequences = Sequences(np.arange(3), np.array([0, 7, 9, 14]),
+                          generator.integers(0, 8, 14))
+    width = network.max_history
+    windows = attention_windows.TrainingWindows(
+        sequences, np.zeros(3, dtype=np.int64), sequences.lengths,
+        np.zeros(3, dtype=np.int64), width, "cpu", stride=2)
+    batch = attention_windows.WindowBatch(np.arange(len(windows)), 0,
+                                          int(windows.n_events.sum()))
+    (step,) = windows.steps(network, batch, dropout=0.0)
+    got = torch.autograd.grad(step.loss, network.item_embedding)[0]
+    states = network.hidden_states(windows.tokens[:, :windows.lengths.max()],
+                                   network.user_vectors(windows.users))
+    losses = []
+    for row in range(len(windows)):
+        for slot in range(windows.first_slot[row], windows.lengths[row]):
+            logits = (states[row, slot] @ network.output_matrix().T
+                      + network.output_bias)
+            losses.append(torch.logsumexp(logits, 0)
+                          - logits[windows.targets[row, slot]])
+    expected = torch.stack(losses).mean()
+    assert step.n_events == len(losses) == int(windows.n_events.sum())
+    torch.testing.assert_close(step.loss, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        got, torch.autograd.grad(expected, network.item_embedding)[0],
+        rtol=1e-10, atol=1e-12)
 
 
 # -------------------------------------------------------------- living logs

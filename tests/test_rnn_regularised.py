@@ -21,6 +21,7 @@ from skcrnn._rnn.network import CollaborativeRNN
 from skcrnn._rnn.tbptt import chunk_losses
 from skcrnn._torch.batching import make_batches
 from skcrnn._torch.checkpoint import FILENAME
+from skcrnn._torch.dropout import Dropout
 
 from . import test_rnn
 from .conftest import TINY_RNN as TINY, random_events
@@ -258,12 +259,20 @@ def pd_seconds(values):
 def test_dropped_values_are_zero_or_scaled_with_the_rate():
     generator = torch.Generator().manual_seed(0)
     values = torch.ones(200_000, dtype=torch.float64)
-    dropped = tbptt._dropped(values, 0.3, generator)
+    drop = Dropout(0.3, generator)
+    assert abs(drop.rate - 0.3) <= 2 ** -17  # rounded to a multiple of 2^-16
+    dropped = drop(values)
     kept = dropped != 0
-    np.testing.assert_allclose(dropped[kept].numpy(), 1 / 0.7, rtol=1e-15)
+    np.testing.assert_allclose(dropped[kept].numpy(), 1 / (1 - drop.rate), rtol=1e-15)
+    np.testing.assert_allclose(dropped[kept].numpy(), 1 / 0.7, rtol=1e-5)
     assert abs(1 - kept.double().mean().item() - 0.3) < 0.005
     assert abs(dropped.mean().item() - 1.0) < 0.01
-    assert tbptt._dropped(values, 0.0, None) is values
+    # entries are independent of their neighbours (four share one 64-bit draw)
+    pairs = kept[:-1].double() * kept[1:].double()
+    assert abs(pairs.mean().item() - 0.7 ** 2) < 0.005
+    assert Dropout(0.0, None)(values) is values
+    again = Dropout(0.3, torch.Generator().manual_seed(0))(values)
+    assert torch.equal(again, dropped)
 
 
 def naive_dropout_loss(network, lengths, items_of, batch_size, chunk_size, masks):
@@ -305,13 +314,14 @@ def test_dropout_loss_and_gradients_match_naive_loop_with_the_same_masks(bptt,
     generator = torch.Generator().manual_seed(1)
     network = CollaborativeRNN(len(lengths), 6, 3, dtype=torch.float64,
                                candidate="sigmoid").reset_parameters(generator)
-    recorded, original = [], tbptt._dropped
+    recorded = []
 
-    def recording(values, rate, noise):
-        dropped = original(values, rate, noise)
-        recorded.append((dropped / values).detach())
-        return dropped
-    monkeypatch.setattr(tbptt, "_dropped", recording)
+    class Recording(Dropout):
+        def __call__(self, values):
+            dropped = super().__call__(values)
+            recorded.append((dropped / values).detach())
+            return dropped
+    monkeypatch.setattr(tbptt, "Dropout", Recording)
 
     recurrent_grad = torch.zeros_like(network.recurrent)
     package_chunks = []

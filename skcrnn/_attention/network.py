@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._torch.dropout import Dropout
+
 #: Token of the start of a user's history.
 START = -1
 #: Epsilon of every layer norm.
@@ -191,8 +193,8 @@ class SelfAttentionNetwork(nn.Module):
         return vectors if dtype is None else vectors.to(dtype)
 
     def hidden_states(self, tokens, user_vectors=None, dtype=None, dropout=0.0,
-                      generator=None):
-        """The hidden state after each slot of each window.
+                      generator=None, query_slots=None):
+        """The hidden state after each slot of each window, or of the slots asked.
 
         Parameters
         ----------
@@ -210,13 +212,20 @@ class SelfAttentionNetwork(nn.Module):
             Dropout rate; used only with a ``generator``.
         generator : torch.Generator, optional
             Draws the dropout masks (training); None: no dropout.
+        query_slots : LongTensor of shape (B, S), optional
+            The slots of each row whose states are wanted. Every slot is
+            still read by the blocks before the last (and as the last
+            block's keys and values), but the last block's queries, its
+            attention output and feed-forward layer, and the final norm
+            only run for these: training reads a window's last slots only,
+            scoring one slot per window.
 
         Returns
         -------
-        Tensor of shape (B, L, H)
+        Tensor of shape (B, L, H), or (B, S, H) with ``query_slots``
         """
         dtype = self.item_embedding.dtype if dtype is None else dtype
-        drop = _Dropout(dropout if generator is not None else 0.0, generator)
+        drop = Dropout(dropout if generator is not None else 0.0, generator)
         n_slots = tokens.shape[1]
         if n_slots > self.max_history:
             raise ValueError(f"a window of {n_slots} tokens is longer than "
@@ -230,8 +239,10 @@ class SelfAttentionNetwork(nn.Module):
         states = drop(inputs)
         future = torch.ones(n_slots, n_slots, dtype=torch.bool,
                             device=tokens.device).triu_(1)
-        for block in self.blocks:
-            states = block(states, future, self.n_heads, dtype, drop)
+        last = len(self.blocks) - 1
+        for index, block in enumerate(self.blocks):
+            states = block(states, future, self.n_heads, dtype, drop,
+                           query_slots if index == last else None)
         return F.layer_norm(states, (self.hidden_size,),
                             self.final_norm_weight.to(dtype),
                             self.final_norm_bias.to(dtype), _NORM_EPS)
@@ -269,22 +280,34 @@ class _Block(nn.Module):
                      self.expand_bias, self.contract_bias):
             bias.zero_()
 
-    def forward(self, states, future, n_heads, dtype, drop):
+    def forward(self, states, future, n_heads, dtype, drop, query_slots=None):
+        """The block's output at every slot, or at ``query_slots`` (B, S) only."""
         batch, n_slots, size = states.shape
         head_size = size // n_heads
 
         def cast(parameter):
             return parameter.to(dtype)
 
+        def heads(projected, parts):  # (B, L, parts*H) -> parts x (B, heads, L, h)
+            return projected.view(batch, -1, parts, n_heads, head_size).permute(
+                2, 0, 3, 1, 4)
+
         normed = F.layer_norm(states, (size,), cast(self.attention_norm_weight),
                               cast(self.attention_norm_bias), _NORM_EPS)
-        projected = F.linear(normed, cast(self.attention_weight),
-                             cast(self.attention_bias))
-        queries, keys, values = projected.view(
-            batch, n_slots, 3, n_heads, head_size).permute(2, 0, 3, 1, 4)
+        weight, bias = cast(self.attention_weight), cast(self.attention_bias)
+        if query_slots is None:
+            queries, keys, values = heads(F.linear(normed, weight, bias), 3)
+        else:
+            keys, values = heads(F.linear(normed, weight[size:], bias[size:]), 2)
+            rows = query_slots[..., None].expand(-1, -1, size)
+            (queries,) = heads(F.linear(normed.gather(1, rows), weight[:size],
+                                        bias[:size]), 1)
+            future = (torch.arange(n_slots, device=states.device)
+                      > query_slots[..., None])[:, None]
+            states = states.gather(1, rows)
         scores = (queries @ keys.transpose(-1, -2)) / math.sqrt(head_size)
         weights = drop(torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1))
-        attended = (weights @ values).transpose(1, 2).reshape(batch, n_slots, size)
+        attended = (weights @ values).transpose(1, 2).reshape(states.shape)
         states = states + drop(F.linear(attended, cast(self.projection_weight),
                                         cast(self.projection_bias)))
         normed = F.layer_norm(states, (size,), cast(self.feed_forward_norm_weight),
@@ -293,18 +316,3 @@ class _Block(nn.Module):
                                      cast(self.expand_bias))))
         return states + drop(F.linear(inner, cast(self.contract_weight),
                                       cast(self.contract_bias)))
-
-
-class _Dropout:
-    """Dropout whose masks come from a ``torch.Generator`` (identity at rate 0)."""
-
-    def __init__(self, rate, generator):
-        self.rate = float(rate)
-        self.generator = generator
-
-    def __call__(self, values):
-        if self.rate == 0.0:
-            return values
-        keep = torch.rand(values.shape, generator=self.generator, dtype=values.dtype,
-                          device=values.device) >= self.rate
-        return values * keep / (1.0 - self.rate)

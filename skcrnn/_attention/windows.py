@@ -112,10 +112,10 @@ def query_hidden(network, context, groups, queries, dtype):
                                                 end[block], offset=-1, fill=START),
                                  device=device)
         users = torch.as_tensor(context.user_codes[groups[block]], device=device)
-        states = network.hidden_states(tokens, network.user_vectors(users, dtype),
-                                       dtype=dtype)
         slots = torch.as_tensor(end[block] - begin[block] - 1, device=device)
-        hidden[block] = states[torch.arange(len(slots), device=device), slots]
+        hidden[block] = network.hidden_states(
+            tokens, network.user_vectors(users, dtype), dtype=dtype,
+            query_slots=slots[:, None])[:, 0]
     return hidden
 
 
@@ -198,19 +198,24 @@ class TrainingWindows:
             user_vectors = rows.read("user_embedding", network.user_embedding,
                                      users)[inverse]
         generator = torch.Generator(device=self.device).manual_seed(batch.seed)
+        # only the trained slots (each row's last ones) are the last block's
+        # queries: the S slots ending at each row's last
+        counts = lengths - self.first_slot[batch.rows]
+        n_queries = int(counts.max())
+        query_slots = np.maximum(lengths[:, None] - n_queries + np.arange(n_queries), 0)
+        query_slots = torch.as_tensor(query_slots, device=self.device)
         states = network.hidden_states(tokens, user_vectors, dropout=dropout,
-                                       generator=generator)
-        trained = torch.as_tensor(_trained_slots(self.first_slot[batch.rows], lengths,
-                                                 n_slots), device=self.device)
+                                       generator=generator, query_slots=query_slots)
+        trained = torch.as_tensor(_last_slots(counts, n_queries), device=self.device)
         nll = summed_cross_entropy(
             states.flatten(0, 1).index_select(0, trained), network.output_matrix(),
-            network.output_bias, targets.flatten().index_select(0, trained))
+            network.output_bias,
+            targets.gather(1, query_slots).flatten().index_select(0, trained))
         yield Step(nll / max(len(trained), 1), nll.detach(), len(trained), rows.touched)
 
 
-def _trained_slots(first, lengths, n_slots):
-    """Flat indices of slots ``first[r] <= c < lengths[r]`` of ``(rows, n_slots)``."""
-    counts = lengths - first
-    offsets = np.repeat(np.arange(len(counts)) * n_slots + first - np.cumsum(counts)
-                        + counts, counts)
+def _last_slots(counts, n_slots):
+    """Flat indices of the last ``counts[r]`` slots of each row of ``(rows, n_slots)``."""
+    starts = np.arange(len(counts)) * n_slots + n_slots - counts
+    offsets = np.repeat(starts - np.cumsum(counts) + counts, counts)
     return offsets + np.arange(int(counts.sum()))

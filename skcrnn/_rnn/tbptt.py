@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._torch.dropout import Dropout
 from .._torch.loop import Step
 from .._torch.optim import Rows
 from .._torch.output import sampled_cross_entropy, summed_cross_entropy
@@ -105,6 +106,7 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
     hidden = _first_states(network, batch, initial_state)
     n_columns = batch.items.shape[1]
     descending = -batch.lengths
+    drop = Dropout(dropout, generator)
     for start in range(0, n_columns, chunk_size):
         stop = min(start + chunk_size, n_columns)
         active = int(np.searchsorted(descending, -start, side="left"))
@@ -129,11 +131,10 @@ def chunk_losses(network, batch, chunk_size, initial_state, bptt="manual", *,
             positions[real] = inverse
             inputs = F.embedding(positions.view(items.shape),
                                  rows.read("item_input", network.item_input, read))
-        inputs = _dropped(inputs, dropout, generator)
+        inputs = drop(inputs)
         states, hidden = run(hidden[:active].detach(), inputs, weights, network.unit,
                              n_steps)
-        states = _dropped(states.flatten(0, 1).index_select(0, real), dropout,
-                          generator)
+        states = drop(states.flatten(0, 1).index_select(0, real))
         targets = items.flatten().index_select(0, real)
         copy = None
         if network.copy_history:
@@ -165,14 +166,6 @@ def _sampled_nll(network, states, targets, proposal, generator, rows):
     return sampled_cross_entropy(states, weight, bias, positions[:n_rows],
                                  positions[n_rows:],
                                  proposal.log_expected[read].to(bias.dtype))
-
-
-def _dropped(values, rate, generator):
-    """Inverted dropout: each value zeroed with probability ``rate``, the others scaled."""
-    if not rate:
-        return values
-    keep = torch.empty_like(values).bernoulli_(1.0 - rate, generator=generator)
-    return values * keep * (1.0 / (1.0 - rate))
 
 
 def _first_states(network, batch, initial_state):
