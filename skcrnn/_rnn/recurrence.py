@@ -131,7 +131,9 @@ class _ChunkRecurrence(torch.autograd.Function):
         grad_pre = weights.new_empty(n_rows, n_steps, width)
         factors = list(zip(*(factor.split(1, dim=1) for factor
                              in unit.backward_factors(before, saved))))
-        weights_t = tuple(part.transpose(-1, -2) for part in unit.split(weights))
+        # row-major once per chunk: every step reads them
+        weights_t = tuple(part.transpose(-1, -2).contiguous()
+                          for part in unit.split(weights))
         grad_after = grad_states.split(1, dim=1)
         pre_steps = unit.gradient_views(grad_pre)
         for t in range(n_steps - 1, -1, -1):
