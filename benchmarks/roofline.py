@@ -9,8 +9,9 @@ hidden size and ``I`` the catalogue. In one run this script
    restored afterwards): the float32 matmul rate of the three products at
    the shapes the output layer runs them, ``(B, H) x (H, I)``,
    ``(B, I) x (I, H)`` and ``(H, B) x (B, I)``, with ``B`` the rows of one
-   output-layer block (the model's rows per optimizer step, at most
-   ``skcrnn._torch.output.BLOCK_CELLS["cpu"] / I``); and the ``exp`` rate
+   output-layer block (the model's rows per optimizer step cut into blocks
+   of equal size of at most ``skcrnn._torch.output.BLOCK_CELLS["cpu"] /
+   I`` rows); and the ``exp`` rate
    over a ``(B, I)`` tensor. Each figure is the median of repeated timings
    after warm-up (``torch.utils.benchmark.Timer``); each product is timed
    with its operands row-major and as transposed views, and the fastest
@@ -58,6 +59,11 @@ at the start and the end)::
     python benchmarks/roofline.py --logs movielens-shape --models c-gru --epochs 3
     python benchmarks/roofline.py --contention
     python benchmarks/roofline.py --quick
+    python benchmarks/roofline.py --n-jobs 2   # the fits on two threads
+
+``--n-jobs N`` fits with ``n_jobs=N`` (the output layer's products on ``N``
+threads, the recurrence's small steps on one); the floor stays one
+thread's, so that the ratio shows what the threads buy.
 """
 
 import argparse
@@ -71,7 +77,7 @@ import torch
 from torch.utils import benchmark
 
 from skcrnn import CollaborativeGRURecommender, SelfAttentionRecommender
-from skcrnn._torch.output import BLOCK_CELLS
+from skcrnn._torch.output import BLOCK_CELLS, _block_rows
 from skcrnn.datasets import load_snap_checkins, make_sequences
 from skcrnn.model_selection import preprocess_like_paper, suffix_split
 
@@ -218,7 +224,7 @@ def block_rows(model, items):
     else:
         stride = model.train_stride or max(1, model.max_history // 5)
         per_step = model.batch_size * stride
-    return max(16, min(per_step, BLOCK_CELLS["cpu"] // max(items, 1)))
+    return _block_rows(per_step, items, BLOCK_CELLS["cpu"])
 
 
 # ------------------------------------------------------------- the fits
@@ -231,10 +237,10 @@ def _spin(stop):
             value = (value * 31 + i) % 1_000_003
 
 
-def fit(name, train, test, epochs, seed):
+def fit(name, train, test, epochs, seed, n_jobs=None):
     """Seconds per epoch, all epochs' seconds and the held-out error of a fit."""
     model = MODELS[name](max_epochs=epochs, validation_fraction=0.0, device="cpu",
-                         n_jobs=None, random_state=seed)
+                         n_jobs=n_jobs, random_state=seed)
     model.fit(train)
     seconds = [entry["seconds"] for entry in model.history_]
     return {"s/epoch": statistics.median(seconds[1:] or seconds),
@@ -242,13 +248,13 @@ def fit(name, train, test, epochs, seed):
             "error": -model.score(test)}
 
 
-def busy_fit(name, train, test, epochs, seed):
+def busy_fit(name, train, test, epochs, seed, n_jobs=None):
     """:func:`fit` beside one competing CPU-bound process."""
     stop = multiprocessing.Event()
     rival = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
     rival.start()
     try:
-        return fit(name, train, test, epochs, seed)
+        return fit(name, train, test, epochs, seed, n_jobs)
     finally:
         stop.set()
         rival.join()
@@ -296,6 +302,9 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke check: a {QUICK_EVENTS:,}-event generated log, "
                              f"1 epoch, short rate timings")
+    parser.add_argument("--n-jobs", type=int, default=None,
+                        help="the fits' n_jobs (default None: one thread); the "
+                             "floor stays one thread's")
     parser.add_argument("--data", default=str(FOURSQUARE))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -307,7 +316,8 @@ def main():
 
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{os.cpu_count()} CPUs; rates and fits on 1 torch thread")
+          f"{os.cpu_count()} CPUs; rates on 1 torch thread, fits with "
+          f"n_jobs={args.n_jobs}")
     print("load average at start: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     if args.quick:
         print("--quick: a smoke check, not a measurement")
@@ -332,7 +342,7 @@ def main():
                   + f" Gflop/s (combined {measured['matmul'] / 1e9:.1f}); "
                   f"exp {measured['exp'] / 1e9:.3f} G/s; floor {floor:.2f} s/epoch "
                   f"(before the fits)")
-            idle = fit(name, train, test, epochs, args.seed)
+            idle = fit(name, train, test, epochs, args.seed, args.n_jobs)
             print("    idle: epochs " + " ".join(f"{s:.2f}" for s in idle["epochs"])
                   + f" s; {idle['s/epoch'] / floor:.2f}x that floor")
             row = {"log": description, "model": name, "H": hidden, "I": items,
@@ -342,7 +352,7 @@ def main():
                    "epoch/floor": idle["s/epoch"] / floor,
                    "held-out err": idle["error"]}
             if args.contention:
-                busy = busy_fit(name, train, test, epochs, args.seed)
+                busy = busy_fit(name, train, test, epochs, args.seed, args.n_jobs)
                 print("    beside a CPU-bound process: epochs "
                       + " ".join(f"{s:.2f}" for s in busy["epochs"]) + " s")
                 row.update({"busy s/epoch": busy["s/epoch"],
