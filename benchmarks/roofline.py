@@ -61,12 +61,16 @@ at the start and the end)::
     python benchmarks/roofline.py --quick
     python benchmarks/roofline.py --n-jobs 2   # the fits on two threads
 
-``--n-jobs N`` fits with ``n_jobs=N`` (the output layer's products on ``N``
-threads, the recurrence's small steps on one); the floor stays one
-thread's, so that the ratio shows what the threads buy.
+``--set NAME=VALUE`` fits the models with that parameter instead of its
+default (for instance ``--set train_stride=50 --set batch_size=13``, the
+attention model's windows without overlap). ``--n-jobs N`` fits with
+``n_jobs=N`` (the output layer's products on ``N`` threads, the
+recurrence's small steps on one); the floor stays one thread's, so that
+the ratio shows what the threads buy.
 """
 
 import argparse
+import ast
 import multiprocessing
 import os
 import platform
@@ -237,10 +241,10 @@ def _spin(stop):
             value = (value * 31 + i) % 1_000_003
 
 
-def fit(name, train, test, epochs, seed, n_jobs=None):
+def fit(name, train, test, epochs, seed, n_jobs=None, params=None):
     """Seconds per epoch, all epochs' seconds and the held-out error of a fit."""
     model = MODELS[name](max_epochs=epochs, validation_fraction=0.0, device="cpu",
-                         n_jobs=n_jobs, random_state=seed)
+                         n_jobs=n_jobs, random_state=seed, **(params or {}))
     model.fit(train)
     seconds = [entry["seconds"] for entry in model.history_]
     return {"s/epoch": statistics.median(seconds[1:] or seconds),
@@ -248,13 +252,13 @@ def fit(name, train, test, epochs, seed, n_jobs=None):
             "error": -model.score(test)}
 
 
-def busy_fit(name, train, test, epochs, seed, n_jobs=None):
+def busy_fit(name, train, test, epochs, seed, n_jobs=None, params=None):
     """:func:`fit` beside one competing CPU-bound process."""
     stop = multiprocessing.Event()
     rival = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
     rival.start()
     try:
-        return fit(name, train, test, epochs, seed, n_jobs)
+        return fit(name, train, test, epochs, seed, n_jobs, params)
     finally:
         stop.set()
         rival.join()
@@ -305,9 +309,17 @@ def main():
     parser.add_argument("--n-jobs", type=int, default=None,
                         help="the fits' n_jobs (default None: one thread); the "
                              "floor stays one thread's")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a parameter of the fitted models instead of its "
+                             "default (a Python literal; repeatable), e.g. "
+                             "--set train_stride=50")
     parser.add_argument("--data", default=str(FOURSQUARE))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    params = {}
+    for assignment in args.set:
+        name, _, value = assignment.partition("=")
+        params[name.strip()] = ast.literal_eval(value.strip())
     logs = args.logs or (["movielens-shape"] if args.quick
                          else ["movielens-shape", "foursquare"])
     if args.quick:
@@ -317,7 +329,8 @@ def main():
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{os.cpu_count()} CPUs; rates on 1 torch thread, fits with "
-          f"n_jobs={args.n_jobs}")
+          f"n_jobs={args.n_jobs}"
+          + "".join(f", {name}={value!r}" for name, value in params.items()))
     print("load average at start: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     if args.quick:
         print("--quick: a smoke check, not a measurement")
@@ -332,7 +345,7 @@ def main():
               f"{n_events:,} training events, {len(test):,} held out; "
               f"{epochs} epoch(s) per fit")
         for name in args.models:
-            defaults = MODELS[name]()
+            defaults = MODELS[name](**params)
             hidden, rows = defaults.hidden_size, block_rows(defaults, items)
             measured = rates(rows, hidden, items, min_run_time)
             floor = floor_seconds(n_events, hidden, items, measured)
@@ -342,7 +355,7 @@ def main():
                   + f" Gflop/s (combined {measured['matmul'] / 1e9:.1f}); "
                   f"exp {measured['exp'] / 1e9:.3f} G/s; floor {floor:.2f} s/epoch "
                   f"(before the fits)")
-            idle = fit(name, train, test, epochs, args.seed, args.n_jobs)
+            idle = fit(name, train, test, epochs, args.seed, args.n_jobs, params)
             print("    idle: epochs " + " ".join(f"{s:.2f}" for s in idle["epochs"])
                   + f" s; {idle['s/epoch'] / floor:.2f}x that floor")
             row = {"log": description, "model": name, "H": hidden, "I": items,
@@ -352,7 +365,8 @@ def main():
                    "epoch/floor": idle["s/epoch"] / floor,
                    "held-out err": idle["error"]}
             if args.contention:
-                busy = busy_fit(name, train, test, epochs, args.seed, args.n_jobs)
+                busy = busy_fit(name, train, test, epochs, args.seed, args.n_jobs,
+                                params)
                 print("    beside a CPU-bound process: epochs "
                       + " ".join(f"{s:.2f}" for s in busy["epochs"]) + " s")
                 row.update({"busy s/epoch": busy["s/epoch"],
