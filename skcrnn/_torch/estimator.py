@@ -510,7 +510,8 @@ class TorchRecommender(BaseRecommender):
         has not improved for ``n_iter_no_change`` passes, at most
         ``max_epochs``; it keeps its best pass's weights, or those it
         started from when no pass beats them. Without held-out events, an
-        ``"auto"`` stage runs one pass.
+        ``"auto"`` stage runs one pass. With ``refit=True`` the held-out
+        events are then learned too: one more pass over all the new events.
         """
         device = torch.device(self.device_)
         rng = self._partial_rng()
@@ -537,6 +538,12 @@ class TorchRecommender(BaseRecommender):
                 replayed, replay_best_epoch, optimizer_state, _ = self._partial_stage(
                     network, history, n_train, self.replay_epochs, rng, device,
                     validate, start_loss, optimizer_state)
+            refitted = []
+            if self.refit and held_out.any():
+                # the held-out events are learned too: one pass over all new events
+                refitted, _, optimizer_state = self._run_epochs(
+                    network, continuation, continuation.lengths, 1, rng, device,
+                    WholeShard(), optimizer_state=optimizer_state, continuation=True)
             self.optimizer_state_ = optimizer_state
             self.network_ = _frozen(network)
             if replayed:  # every user's weights moved: recompute every cache
@@ -547,7 +554,7 @@ class TorchRecommender(BaseRecommender):
             "n_events": len(continuation.items), "n_users": continuation.n_groups,
             "epochs": epochs, "replay_epochs": replayed,
             "n_held_out": int(held_out.sum()), "best_epoch": best_epoch,
-            "replay_best_epoch": replay_best_epoch}]
+            "replay_best_epoch": replay_best_epoch, "refit_epochs": refitted}]
 
     def _partial_validation(self, network, continuation, held_out):
         """The validation of ``partial_fit``'s held-out events, and its loss now.
