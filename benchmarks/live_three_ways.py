@@ -31,7 +31,7 @@ for other ``partial_epochs,replay_epochs`` pairs (``auto`` or a count), each
 from its own copy of the same model::
 
     nice python benchmarks/live_three_ways.py half foursquare generated \\
-        --partial defaults 1,0 1,4 auto,0 1,auto auto,auto
+        --partial defaults auto,auto,norefit auto,0 1,4 1,0
     nice python benchmarks/live_three_ways.py rolling foursquare generated \\
         --copy-decay 0.97 --partial defaults 1,4
 """

@@ -243,3 +243,30 @@ def test_other_strings_are_refused(halves, kind, name, bad):
     model = MODELS[kind]().fit(old)
     with pytest.raises(InvalidParameterError, match=name):
         model.set_params(**{name: bad}).partial_fit(new)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_an_auto_stage_after_fixed_passes_compares_with_where_they_left(
+        halves, kind, monkeypatch):
+    """partial_epochs=2, replay_epochs="auto": the held-out loss is taken
+    before the call, after the two fixed passes (the replay's baseline), and
+    after each replay pass; a replay that beats no pass keeps the weights
+    that the fixed passes left."""
+    old, new = halves
+    losses = []
+    original = validation.Validation.__call__
+
+    def recording(self):
+        losses.append(original(self))
+        return losses[-1]
+    model = MODELS[kind](partial_epochs=2, replay_epochs="auto", refit=False).fit(old)
+    monkeypatch.setattr(validation.Validation, "__call__", recording)
+    model.partial_fit(new)
+    (epochs, _), (replayed, best) = stage_entries(model)
+    assert len(epochs) == 2 and len(losses) == 2 + len(replayed)
+    replay_losses = [epoch["valid_loss"] for epoch in replayed]
+    assert losses[2:] == replay_losses
+    if best == 0:
+        assert min(replay_losses) >= losses[1]
+    else:
+        assert replay_losses[best - 1] == min(replay_losses) < losses[1]

@@ -579,13 +579,15 @@ class TorchRecommender(BaseRecommender):
 
         Returns the epochs' history, the best epoch (None for a fixed
         count; 0 when an ``"auto"`` stage kept its starting weights), the
-        optimizer's statistics and the validation loss of the weights kept
-        (``start_loss`` for a fixed count).
+        optimizer's statistics and the validation loss of the weights it
+        leaves (None when nothing is held out), where the next stage starts.
         """
         if epochs != "auto":
             history, _, optimizer_state = self._run_epochs(
                 network, sequences, n_train, epochs, rng, device, WholeShard(),
                 optimizer_state=optimizer_state, continuation=continuation)
+            if epochs and validate is not None:  # the next stage starts here
+                start_loss = float(validate())
             return history, None, optimizer_state, start_loss
         if validate is None:  # nothing held out: one pass
             history, _, optimizer_state = self._run_epochs(
