@@ -338,7 +338,7 @@ def test_partial_fit_grows_users_and_items(split, tie_weights):
     old_state = {k: v.clone() for k, v in old_network.state_dict().items()}
     n_seen = len(train)
     more = later(train, [(100, "brand-new"), (998, "i1"), (998, "i2")])
-    model.set_params(partial_epochs=0).partial_fit(more)
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(more)
     assert model.n_items_ == 9 and model.classes_[-1] == "brand-new"
     assert model.n_users_ == 7 and model.users_[-1] == 998
     network = model.network_
@@ -365,7 +365,7 @@ def test_partial_fit_grows_users_and_items(split, tie_weights):
 
 def test_partial_fit_trains_on_the_new_events_only(split, monkeypatch):
     train, _ = split
-    model = SelfAttentionRecommender(**TINY).fit(train)
+    model = SelfAttentionRecommender(**TINY, partial_epochs=1, replay_epochs=0).fit(train)
     seen = []
     original = attention_windows.TrainingWindows.steps
 
@@ -387,7 +387,7 @@ def test_replay_trains_on_every_stored_event_once_per_epoch(split, monkeypatch):
     """replay_epochs=2 after the pass over the new events: each replay epoch
     trains every stored event, old and new, once (as fit's epochs do)."""
     train, _ = split
-    model = SelfAttentionRecommender(**TINY, replay_epochs=2).fit(train)
+    model = SelfAttentionRecommender(**TINY, partial_epochs=1, replay_epochs=2).fit(train)
     seen = []
     original = attention_windows.TrainingWindows.steps
 

@@ -245,7 +245,7 @@ def test_new_users_start_at_the_best_rank_r_approximation_of_the_mean(old_events
     model = fitted(old_events, rank=2)
     old = copy.deepcopy(model.network_)
     n_users = model.n_users_
-    model.set_params(partial_epochs=0).partial_fit(
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(
         later(old_events, [(100, "i1"), (999, "i2"), (998, "i0")]))
     network = model.network_
     for name in ("low_rank_left", "low_rank_right"):
@@ -282,7 +282,7 @@ def test_with_rank_h_a_user_added_by_update_keeps_its_scores_when_grown(old_even
     probe = later(old_events, [(777, "i3"), (777, "i4"), (777, "i1")]).assign(
         timestamp=lambda frame: frame["timestamp"] + pd.Timedelta(seconds=60))
     before = model.score_samples(probe)
-    model.set_params(partial_epochs=0).partial_fit(later(old_events, [(100, "i1")]))
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(later(old_events, [(100, "i1")]))
     assert model.network_.low_rank_left.shape[0] == model.n_users_
     np.testing.assert_allclose(model.score_samples(probe), before, rtol=1e-5)
 
@@ -290,8 +290,9 @@ def test_with_rank_h_a_user_added_by_update_keeps_its_scores_when_grown(old_even
 def test_partial_fit_learns_the_new_users(old_events):
     model = fitted(old_events, rank=2)
     new = later(old_events, [(999, f"i{k % 4}") for k in range(30)])
-    grown_only = copy.deepcopy(model).set_params(partial_epochs=0).partial_fit(new)
-    model.partial_fit(new)
+    grown_only = copy.deepcopy(model).set_params(
+        partial_epochs=0, replay_epochs=0).partial_fit(new)
+    model.set_params(partial_epochs=1, replay_epochs=0).partial_fit(new)
     assert model.partial_history_[-1]["n_users"] == 1
     for name in ("low_rank_left", "low_rank_right"):
         assert not torch.equal(model.network_.get_parameter(name)[-1],

@@ -43,8 +43,13 @@ def later(events, rows):
                          "timestamp": start + seconds})
 
 
+#: Fixed counts of passes (this module's subject); "auto", the default, is
+#: tested in test_partial_fit_auto.py.
+FIXED = dict(partial_epochs=1, replay_epochs=0)
+
+
 def fitted(events, **params):
-    return CollaborativeGRURecommender(**{**TINY, **params}).fit(events)
+    return CollaborativeGRURecommender(**{**TINY, **FIXED, **params}).fit(events)
 
 
 def new_events(events):
@@ -102,7 +107,7 @@ def test_new_items_start_at_the_add_one_probability_of_an_unseen_item(old_events
     with pytest.warns(UserWarning, match="unknown to the model"):
         before = model.predict_proba(stranger)[0]
     n_seen, n_known = len(old_events), model.n_items_
-    model.set_params(partial_epochs=0).partial_fit(new_events(old_events))
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(new_events(old_events))
     assert list(model.classes_[n_known:]) == ["new1", "new2"]
     with pytest.warns(UserWarning, match="unknown to the model"):
         after = model.predict_proba(stranger)[0]
@@ -118,7 +123,7 @@ def test_new_rows_are_the_mean_and_known_rows_are_kept(old_events, variant):
     model = fitted(old_events, **VARIANTS[variant])
     old = copy.deepcopy(model.network_)
     n_users, n_items = model.n_users_, model.n_items_
-    model.set_params(partial_epochs=0).partial_fit(new_events(old_events))
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(new_events(old_events))
     network = model.network_
     assert model.n_users_ == n_users + 2 and model.n_items_ == n_items + 2
 
@@ -144,7 +149,7 @@ def test_users_added_by_update_get_the_mean_matrices(old_events):
     model.update(later(old_events, [(777, "i1"), (777, "i2")]))
     assert model.network_.recurrent.shape[0] == model.n_users_ - 1
     mean = model.network_.recurrent.mean(dim=0, dtype=torch.float64).float()
-    model.set_params(partial_epochs=0).partial_fit(later(old_events, [(100, "i1")]))
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(later(old_events, [(100, "i1")]))
     assert model.network_.recurrent.shape[0] == model.n_users_
     assert torch.equal(model.network_.recurrent[-1], mean)
 
@@ -154,7 +159,7 @@ def test_optimizer_statistics_grow_with_zero_rows(old_events, optimizer):
     model = fitted(old_events, optimizer=optimizer)
     old = copy.deepcopy(model.optimizer_state_)
     n_users, n_items = model.n_users_, model.n_items_
-    model.set_params(partial_epochs=0).partial_fit(new_events(old_events))
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(new_events(old_events))
     state = model.optimizer_state_["state"]
     assert model.optimizer_state_["name"] == optimizer
     for param, statistics in old["state"].items():

@@ -240,12 +240,12 @@ def test_partial_fit_grows_deviations_with_the_mean(events, tmp_path):
     new = events.iloc[:3].assign(user=[900, 900, 901],
                                  timestamp=events["timestamp"].max()
                                  + pd_seconds([1, 2, 3]))
-    model.set_params(partial_epochs=0).partial_fit(new)
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(new)
     n = old.deviation.shape[0]
     mean = old.deviation.mean(dim=0, dtype=torch.float64).float()
     assert torch.equal(model.network_.deviation[:n], old.deviation)
     assert torch.equal(model.network_.deviation[n:], mean.expand(2, -1, -1))
-    loaded.set_params(partial_epochs=0).partial_fit(new)
+    loaded.set_params(partial_epochs=0, replay_epochs=0).partial_fit(new)
     for name, tensor in model.network_.state_dict().items():
         assert torch.equal(loaded.network_.state_dict()[name], tensor), name
 

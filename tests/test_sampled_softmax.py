@@ -297,7 +297,7 @@ def test_proposal_counts_the_trained_events_then_the_histories(events, monkeypat
     assert seen[1].sum() < len(events) and (seen[1] <= seen[0]).all()
     later = events.iloc[:5].assign(timestamp=events["timestamp"].max()
                                    + pd.to_timedelta(np.arange(1, 6), unit="s"))
-    model.partial_fit(later)
+    model.set_params(partial_epochs=1, replay_epochs=0).partial_fit(later)
     both = np.concatenate([codes, pd.Index(model.classes_).get_indexer(later["item"])])
     np.testing.assert_array_equal(seen[-1], np.bincount(both, minlength=12))
 

@@ -133,7 +133,7 @@ def test_warm_fit_starts_from_the_fitted_weights(kind, halves):
     """
     first, events = halves
     model = make(kind, warm_start=True, refit=False).fit(first)
-    grown = make(kind, refit=False, partial_epochs=0).fit(first).partial_fit(
+    grown = make(kind, refit=False, partial_epochs=0, replay_epochs=0).fit(first).partial_fit(
         events[events["timestamp"] > first["timestamp"].max()])
     model.set_params(learning_rate=1e-12, max_epochs=1)
     model.fit(events)

@@ -134,16 +134,23 @@ class SelfAttentionRecommender(TorchRecommender):
         the warm ``fit`` raise ``ValueError``. An unfitted model (and a
         ``clone``) fits from scratch. Not supported by
         :func:`~skcrnn.fit_distributed`.
-    partial_epochs : int, default=1
+    partial_epochs : int or "auto", default="auto"
         Passes over the new events in each :meth:`partial_fit` call on a
         fitted model; ``0`` only grows the network for the new users and
-        items. ``fit`` ignores it.
-    replay_epochs : int, default=0
+        items. ``"auto"`` stops by itself: the last ``validation_fraction``
+        of each user's new events are held out, and passes run until their
+        loss has not improved for ``n_iter_no_change`` passes, at most
+        ``max_epochs``, keeping the best pass's weights (or the starting
+        ones). ``fit`` ignores it.
+    replay_epochs : int or "auto", default="auto"
         Passes over every stored history (as ``fit`` trains them) after the
         ``partial_epochs`` passes of each :meth:`partial_fit` call on a
         fitted model: rehearsal of the old events, so that learning the new
-        ones does not forget them. A call then costs ``replay_epochs``
-        epochs of ``fit``; ``0`` trains on the new events only. ``fit``
+        ones does not forget them. A pass costs an epoch of ``fit``; ``0``
+        trains on the new events only; ``"auto"`` stops as for
+        ``partial_epochs``. With either ``"auto"``, the held-out events are
+        left out of every pass of the call, and with ``refit=True`` they are
+        then learned by one more pass over all the new events. ``fit``
         ignores it.
     repeat_bias : float, default=0.0
         Added, when scoring, to the logit of every item the user has already
@@ -221,9 +228,10 @@ class SelfAttentionRecommender(TorchRecommender):
     ``partial_epochs`` passes train on the new events only, each predicted
     from its window of the user's history (the earlier events are context,
     not trained on), with the optimizer continuing from
-    ``optimizer_state_``; no validation, early stopping or checkpoint. Then
+    ``optimizer_state_``; no checkpoint. Then
     ``replay_epochs`` passes train on every stored history, old and new
-    events, as ``fit`` does.
+    events, as ``fit`` does. With ``"auto"`` (the defaults) each stage runs
+    until the loss of the held-out last events of the call stops improving.
 
     Scoring runs in double precision from the float32 weights, without
     dropout: a row's log-probability does not depend on the other rows of
@@ -263,7 +271,8 @@ class SelfAttentionRecommender(TorchRecommender):
                  tie_weights=True, train_stride=None,
                  optimizer="adam", rho=0.997, epsilon=1e-8, batch_size=64,
                  max_epochs=50, validation_fraction=0.1, n_iter_no_change=3,
-                 refit=True, warm_start=False, partial_epochs=1, replay_epochs=0,
+                 refit=True, warm_start=False, partial_epochs="auto",
+                 replay_epochs="auto",
                  repeat_bias=0.0, device="auto", n_jobs=None,
                  random_state=None, verbose=0, checkpoint_dir=None, user_col="user",
                  item_col="item", time_col="timestamp", handle_unknown="ignore"):

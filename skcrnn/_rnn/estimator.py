@@ -161,19 +161,28 @@ class CollaborativeGRURecommender(TorchRecommender):
         the warm ``fit`` raise ``ValueError``. An unfitted model (and a
         ``clone``) fits from scratch. Not supported by
         :func:`~skcrnn.fit_distributed`.
-    partial_epochs : int, default=1
+    partial_epochs : int or "auto", default="auto"
         Passes over the new events in each :meth:`partial_fit` call on a
         fitted model; ``0`` only grows the network for the new users and
-        items and follows the events, without learning from them. ``fit``
-        ignores it.
-    replay_epochs : int, default=0
+        items and follows the events, without learning from them.
+        ``"auto"`` stops by itself: the last ``validation_fraction`` of each
+        user's new events are held out, and passes run until their loss (the
+        per-user mean, as ``fit`` validates) has not improved for
+        ``n_iter_no_change`` passes, at most ``max_epochs``; the best pass's
+        weights are kept (those the call started from if no pass beats
+        them). ``fit`` ignores it.
+    replay_epochs : int or "auto", default="auto"
         Passes over every stored history (each from its start, as ``fit``
         trains, within ``max_train_chunks``) after the ``partial_epochs``
         passes of each :meth:`partial_fit` call on a fitted model: rehearsal
         of the old events, so that learning the new ones does not forget
         them. Every user's cached state is then recomputed with the new
-        weights. A call costs ``replay_epochs`` epochs of ``fit`` on all the
-        events; ``0`` (the default) trains on the new events only. ``fit``
+        weights. A pass costs an epoch of ``fit`` on all the events; ``0``
+        trains on the new events only; ``"auto"`` runs passes until the
+        held-out new events' loss stops improving, as for
+        ``partial_epochs``. With either ``"auto"``, the held-out events are
+        left out of every pass of the call, and with ``refit=True`` they are
+        then learned by one more pass over all the new events. ``fit``
         ignores it.
     repeat_bias : float, default=0.0
         Added, when scoring, to the logit of every item the user has already
@@ -306,13 +315,18 @@ class CollaborativeGRURecommender(TorchRecommender):
       (the initial state for a new user), the optimizer continuing from
       ``optimizer_state_`` (from zero statistics when there are none, as
       after loading an older file, or when they are of the other
-      ``optimizer``). There is no validation, early stopping or checkpoint,
-      and it trains on ``device_``. The batch order is drawn from a
+      ``optimizer``). Fixed counts of passes (``partial_epochs=N``) have
+      no validation or early stopping; there is no checkpoint, and it
+      trains on ``device_``. The batch order is drawn from a
       generator seeded by ``random_state`` and the call's number, so that
       with an int ``random_state`` on the CPU the same calls give the same
       model, with or without a save and load between them. Then
       ``replay_epochs`` passes over every stored history, old and new
       events, as ``fit`` trains them (from each user's initial state).
+      With ``"auto"`` (the defaults) each of the two stages runs until the
+      loss of the held-out last events of the call stops improving (see
+      the parameters); ``partial_history_[-1]`` records every pass and the
+      best one.
     - *States.* Each user with new events has its cached state advanced
       over them with the new weights, from its previous cached state, not
       recomputed over its whole history: a call costs what its new events
@@ -458,8 +472,8 @@ class CollaborativeGRURecommender(TorchRecommender):
                  candidate_activation="sigmoid",
                  optimizer="rmsprop", rho=0.997, epsilon=1e-8, chunk_size=64,
                  batch_size=20, max_epochs=30, validation_fraction=0.1,
-                 n_iter_no_change=3, refit=True, warm_start=False, partial_epochs=1,
-                 replay_epochs=0,
+                 n_iter_no_change=3, refit=True, warm_start=False,
+                 partial_epochs="auto", replay_epochs="auto",
                  repeat_bias=0.0,
                  max_train_chunks=None, initial_state=0.0, copy_history=False,
                  copy_decay=1.0, device="auto",

@@ -105,8 +105,10 @@ class TorchRecommender(BaseRecommender):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "refit": ["boolean"],
         "warm_start": ["boolean"],
-        "partial_epochs": [Interval(Integral, 0, None, closed="left")],
-        "replay_epochs": [Interval(Integral, 0, None, closed="left")],
+        "partial_epochs": [Interval(Integral, 0, None, closed="left"),
+                           StrOptions({"auto"})],
+        "replay_epochs": [Interval(Integral, 0, None, closed="left"),
+                          StrOptions({"auto"})],
         "repeat_bias": [Interval(Real, None, None, closed="neither")],
         "device": [str],
         "n_jobs": [None, Integral],
@@ -436,7 +438,7 @@ class TorchRecommender(BaseRecommender):
 
     def _run_epochs(self, network, sequences, n_train, max_epochs, rng, device, shard,
                     *, validate=None, checkpoint=None, optimizer_state=None,
-                    continuation=False):
+                    continuation=False, start_loss=None):
         """Train ``network`` in place with :func:`~.loop.train`.
 
         Parameters
@@ -463,6 +465,9 @@ class TorchRecommender(BaseRecommender):
         continuation : bool
             The sequences continue the users' histories (see
             ``_training_plan``).
+        start_loss : float, optional
+            The validation loss before the first epoch (see
+            :func:`~.loop.train`).
 
         Returns
         -------
@@ -482,7 +487,8 @@ class TorchRecommender(BaseRecommender):
             network, optimizer, batches, steps, max_epochs=max_epochs,
             validate=validate, n_iter_no_change=self.n_iter_no_change, rng=rng,
             n_steps=n_steps, max_loss=_divergence_loss(self.n_items_),
-            verbose=self.verbose, checkpoint=checkpoint, cluster=shard.cluster)
+            verbose=self.verbose, checkpoint=checkpoint, cluster=shard.cluster,
+            start_loss=start_loss)
         return history, best_epoch, optimizer.state_dict()
 
     # ---------------------------------------------------- incremental learning
@@ -493,23 +499,51 @@ class TorchRecommender(BaseRecommender):
         network lives), and replaces ``network_``, ``optimizer_state_``,
         ``partial_history_`` and what ``_append_events`` sets with new
         objects: the old network's tensors are never changed.
+
+        Two stages, each a fixed number of epochs or ``"auto"``: passes over
+        the new events (``partial_epochs``), then over every stored history
+        (``replay_epochs``). With an ``"auto"`` stage, the last
+        ``validation_fraction`` of each user's new events
+        (:func:`.batching.validation_sizes`) are held out of both stages'
+        training, and an ``"auto"`` stage runs until their loss (as ``fit``
+        validates: per-user mean, each continuing the user's whole history)
+        has not improved for ``n_iter_no_change`` passes, at most
+        ``max_epochs``; it keeps its best pass's weights, or those it
+        started from when no pass beats them. Without held-out events, an
+        ``"auto"`` stage runs one pass. With ``refit=True`` the held-out
+        events are then learned too: one more pass over all the new events.
         """
         device = torch.device(self.device_)
         rng = self._partial_rng()
+        stages = (self.partial_epochs, self.replay_epochs)
         with cpu_threads(self.n_jobs):
             network, optimizer_state = self._grown(len(previous_history.items))
+            held_out = np.zeros_like(continuation.lengths)
+            if any(isinstance(value, str) for value in stages):  # "auto"
+                held_out = validation_sizes(continuation.lengths,
+                                            self.validation_fraction)
+            validate, start_loss = self._partial_validation(network, continuation,
+                                                            held_out)
             # partial_fit runs in one process: a cluster of one
-            epochs, _, optimizer_state = self._run_epochs(
-                network, continuation, continuation.lengths, self.partial_epochs,
-                rng, device, WholeShard(), optimizer_state=optimizer_state,
-                continuation=True)
-            replayed = []
+            epochs, best_epoch, optimizer_state, start_loss = self._partial_stage(
+                network, continuation, continuation.lengths - held_out,
+                self.partial_epochs, rng, device, validate, start_loss,
+                optimizer_state, continuation=True)
+            replayed, replay_best_epoch = [], None
             if self.replay_epochs:
                 # every stored history, from its start, as fit trains them
                 history = self._history
-                replayed, _, optimizer_state = self._run_epochs(
-                    network, history, history.lengths, self.replay_epochs, rng,
-                    device, WholeShard(), optimizer_state=optimizer_state)
+                n_train = history.lengths.copy()
+                n_train[continuation.user_codes] -= held_out
+                replayed, replay_best_epoch, optimizer_state, _ = self._partial_stage(
+                    network, history, n_train, self.replay_epochs, rng, device,
+                    validate, start_loss, optimizer_state)
+            refitted = []
+            if self.refit and held_out.any():
+                # the held-out events are learned too: one pass over all new events
+                refitted, _, optimizer_state = self._run_epochs(
+                    network, continuation, continuation.lengths, 1, rng, device,
+                    WholeShard(), optimizer_state=optimizer_state, continuation=True)
             self.optimizer_state_ = optimizer_state
             self.network_ = _frozen(network)
             if replayed:  # every user's weights moved: recompute every cache
@@ -518,7 +552,55 @@ class TorchRecommender(BaseRecommender):
                 self._append_events(continuation)
         self.partial_history_ = [*self.partial_history_, {
             "n_events": len(continuation.items), "n_users": continuation.n_groups,
-            "epochs": epochs, "replay_epochs": replayed}]
+            "epochs": epochs, "replay_epochs": replayed,
+            "n_held_out": int(held_out.sum()), "best_epoch": best_epoch,
+            "replay_best_epoch": replay_best_epoch, "refit_epochs": refitted}]
+
+    def _partial_validation(self, network, continuation, held_out):
+        """The validation of ``partial_fit``'s held-out events, and its loss now.
+
+        ``held_out`` is the number of each continuation group's last events
+        held out; they are scored continuing each user's whole stored
+        history (only the users with held-out events are scored).
+        ``(None, None)`` when nothing is held out.
+        """
+        groups = np.flatnonzero(held_out)
+        if not len(groups):
+            return None, None
+        users = continuation.user_codes[groups]
+        histories = self._history.subset(users)
+        validate = self._validation(network, histories,
+                                    histories.lengths - held_out[groups])
+        return validate, float(validate())
+
+    def _partial_stage(self, network, sequences, n_train, epochs, rng, device,
+                       validate, start_loss, optimizer_state, continuation=False):
+        """One stage of ``partial_fit``: ``epochs`` passes, or ``"auto"``.
+
+        Returns the epochs' history, the best epoch (None for a fixed
+        count; 0 when an ``"auto"`` stage kept its starting weights), the
+        optimizer's statistics and the validation loss of the weights it
+        leaves (None when nothing is held out), where the next stage starts.
+        """
+        if epochs != "auto":
+            history, _, optimizer_state = self._run_epochs(
+                network, sequences, n_train, epochs, rng, device, WholeShard(),
+                optimizer_state=optimizer_state, continuation=continuation)
+            if epochs and validate is not None:  # the next stage starts here
+                start_loss = float(validate())
+            return history, None, optimizer_state, start_loss
+        if validate is None:  # nothing held out: one pass
+            history, _, optimizer_state = self._run_epochs(
+                network, sequences, n_train, 1, rng, device, WholeShard(),
+                optimizer_state=optimizer_state, continuation=continuation)
+            return history, None, optimizer_state, None
+        history, best_epoch, optimizer_state = self._run_epochs(
+            network, sequences, n_train, self.max_epochs, rng, device, WholeShard(),
+            validate=validate, optimizer_state=optimizer_state,
+            continuation=continuation, start_loss=start_loss)
+        if best_epoch:
+            start_loss = history[best_epoch - 1]["valid_loss"]
+        return history, best_epoch, optimizer_state, start_loss
 
     def _grown(self, n_seen):
         """A copy of ``network_`` at the grown vocabularies, and its optimizer state.

@@ -86,7 +86,7 @@ class _Progress:
 
 def train(module, optimizer, batches, steps, *, max_epochs, validate,
           n_iter_no_change, rng, n_steps=None, max_loss=np.inf, verbose=0,
-          checkpoint=None, cluster=Cluster()):
+          checkpoint=None, cluster=Cluster(), start_loss=None):
     """Epochs over ``batches`` with early stopping on ``validate()``.
 
     Parameters
@@ -134,6 +134,11 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
         gradients of the parameters that ``module`` does not index by user
         are summed over the ranks, and the epoch's training loss is that of
         all ranks' events.
+    start_loss : float, optional
+        The validation loss of the module's weights before the first epoch
+        (``partial_fit``): an epoch must beat it to be the best, and if none
+        does, the starting weights are restored (``best_epoch`` is then 0).
+        By default the first validated epoch is the first best.
 
     Returns
     -------
@@ -144,7 +149,7 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
         events over the training time).
     best_epoch : int or None
         The epoch whose weights the module holds on return (None without
-        validation).
+        validation; 0 for the starting weights, with ``start_loss``).
 
     Raises
     ------
@@ -154,6 +159,9 @@ def train(module, optimizer, batches, steps, *, max_epochs, validate,
         or above ``max_loss``, or a parameter after it is not finite.
     """
     progress = _Progress()
+    if start_loss is not None and validate is not None and np.isfinite(start_loss):
+        progress = _Progress(best_loss=float(start_loss), best_epoch=0,
+                             best_weights=copy.deepcopy(module.state_dict()))
     reduce = cluster.step_reducer(module)
     if checkpoint is not None:
         progress = _resume(checkpoint, module, optimizer, rng)
