@@ -11,6 +11,11 @@ scored at the end. Prints a table of the held-out error
 seconds per epoch. Run:
 
     nice python benchmarks/rnn_foursquare.py [--data PATH] [--threads 2]
+
+The compact per-user weights (``recurrent_weights="basis"``, ``rank`` = K
+shared directions) are run on request::
+
+    nice python benchmarks/rnn_foursquare.py --threads 1 --models "basis K=16"
 """
 
 import argparse
@@ -37,7 +42,18 @@ VARIANTS = {
                                    candidate_activation="tanh"),
     "P-GRU (sigmoid candidate)": dict(cell="gru", recurrent_weights="shared",
                                       candidate_activation="sigmoid"),
+    # the compact per-user weights (issue 27): K shared directions, K floats a user
+    "basis K=8": dict(cell="gru", recurrent_weights="basis", rank=8,
+                      candidate_activation="sigmoid"),
+    "basis K=16": dict(cell="gru", recurrent_weights="basis", rank=16,
+                       candidate_activation="sigmoid"),
+    "basis K=32": dict(cell="gru", recurrent_weights="basis", rank=32,
+                       candidate_activation="sigmoid"),
+    "basis K=64": dict(cell="gru", recurrent_weights="basis", rank=64,
+                       candidate_activation="sigmoid"),
 }
+#: run by default: the paper's variants (the basis ones on request, --models)
+DEFAULT_MODELS = [name for name in VARIANTS if not name.startswith("basis")]
 PAPER_BRIGHTKITE = dict(hidden_size=32, learning_rate=0.0075, rho=0.997,
                         chunk_size=64, batch_size=20)
 
@@ -63,7 +79,7 @@ def main():
                         help="the estimators' n_jobs (torch CPU threads)")
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", nargs="+", default=list(VARIANTS),
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
                         choices=list(VARIANTS), metavar="MODEL")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args()

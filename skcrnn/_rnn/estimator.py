@@ -22,7 +22,7 @@ from .copy import copy_gate, mixture
 from .network import CollaborativeRNN
 from .recurrence import forward_states
 from .tbptt import BPTT, chunk_losses, n_chunks
-from .weights import best_low_rank, mean_low_rank
+from .weights import BASIS_RANK, best_low_rank, mean_low_rank
 
 #: Type of inference: double precision keeps a row's score independent of the
 #: rows it is batched with (float32 kernels round differently per batch shape).
@@ -445,7 +445,7 @@ class CollaborativeGRURecommender(TorchRecommender):
         "hidden_size": [Interval(Integral, 1, None, closed="left")],
         "cell": [StrOptions({"gru", "tanh"})],
         "candidate_activation": [StrOptions({"tanh", "sigmoid"})],
-        "recurrent_weights": [StrOptions({"per_user", "shared", "low_rank"})],
+        "recurrent_weights": [StrOptions({"per_user", "shared", "low_rank", "basis"})],
         "rank": [None, Interval(Integral, 1, None, closed="left")],
         "deviation_penalty": [Interval(Real, 0, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
@@ -528,22 +528,33 @@ class CollaborativeGRURecommender(TorchRecommender):
                 f"copy_decay={self.copy_decay!r} is only used with "
                 f"copy_history=True; set copy_history=True or leave copy_decay "
                 f"at 1.0.")
-        if self.rank is not None and self.recurrent_weights != "low_rank":
+        if self.rank is not None and self.recurrent_weights not in ("low_rank",
+                                                                    "basis"):
             raise ValueError(
                 f"rank={self.rank!r} is only used with recurrent_weights="
-                f"'low_rank', not {self.recurrent_weights!r}; set "
-                f"recurrent_weights='low_rank' or leave rank at None.")
-        if self.rank is not None and self.rank > self.hidden_size:
+                f"'low_rank' or 'basis', not {self.recurrent_weights!r}; set "
+                f"one of them or leave rank at None.")
+        if (self.rank is not None and self.recurrent_weights == "low_rank"
+                and self.rank > self.hidden_size):
             raise ValueError(
                 f"rank={self.rank!r} is larger than hidden_size="
                 f"{self.hidden_size!r}: a rank-r term of an H x H matrix has "
                 f"r <= H (rank = hidden_size already expresses every matrix).")
+        if self.rank is not None and self.recurrent_weights == "basis":
+            most = (3 if self.cell == "gru" else 1) * self.hidden_size ** 2
+            if self.rank > most:
+                raise ValueError(
+                    f"rank={self.rank!r} directions are more than the {most} "
+                    f"elements of a user's recurrent matrices (cell={self.cell!r}, "
+                    f"hidden_size={self.hidden_size!r}): {most} directions already "
+                    f"express every matrix.")
         if self.deviation_penalty > 0 and self.recurrent_weights == "shared":
             raise ValueError(
                 f"deviation_penalty={self.deviation_penalty!r} penalises each "
                 f"user's deviation from the shared recurrent matrices, but "
                 f"recurrent_weights='shared' has no per-user deviation; use "
-                f"'per_user' or 'low_rank', or leave deviation_penalty at 0.")
+                f"'per_user', 'low_rank' or 'basis', or leave deviation_penalty "
+                f"at 0.")
         if self.loss == "full":
             for name, default in (("n_negatives", None), ("negative_power", 0.75)):
                 if getattr(self, name) != default:
@@ -571,6 +582,8 @@ class CollaborativeGRURecommender(TorchRecommender):
         if self.recurrent_weights == "low_rank":
             rank = self.rank if self.rank is not None else min(4, self.hidden_size)
             return "low_rank", rank
+        if self.recurrent_weights == "basis":
+            return "basis", self.rank if self.rank is not None else BASIS_RANK
         if self.recurrent_weights == "per_user" and self.deviation_penalty > 0:
             return "deviation", None
         return self.recurrent_weights, None

@@ -11,7 +11,8 @@ parameters ``P``
     ``V W + V (H + 1)`` (item inputs, output layer) plus the recurrent
     weights: ``U H W`` per user (``"per_user"``), ``H W`` shared
     (``"shared"``), ``H W + U H W`` (``"per_user"`` with a penalty: shared
-    plus dense deviations) or ``H W + 2 U k H r`` (``"low_rank"``);
+    plus dense deviations), ``H W + 2 U k H r`` (``"low_rank"``) or
+    ``H W + K H W + U K`` (``"basis"`` with ``K = rank`` shared directions);
 optimizer statistics ``O``
     RMSProp one tensor of ``P`` (mean squares), Adam two (and a step count
     per row);
@@ -74,10 +75,11 @@ def parameter_count(n_users, n_items, hidden_size, *, cell="gru",
     ----------
     n_users, n_items, hidden_size : int
     cell : {"gru", "tanh"}
-    recurrent_weights : {"per_user", "shared", "low_rank"}
+    recurrent_weights : {"per_user", "shared", "low_rank", "basis"}
     rank : int or None
         Of ``"low_rank"`` (None: ``min(4, hidden_size)``, the estimator's
-        default).
+        default), or the directions of ``"basis"`` (None: the estimator's
+        default, 16).
     deviation_penalty : float
         ``> 0`` with ``"per_user"`` adds the shared matrices to the per-user
         deviations.
@@ -97,6 +99,9 @@ def parameter_count(n_users, n_items, hidden_size, *, cell="gru",
     elif recurrent_weights == "low_rank":
         rank = min(4, hidden_size) if rank is None else rank
         shared, users = square, 2 * n_users * blocks * hidden_size * rank
+    elif recurrent_weights == "basis":
+        rank = 16 if rank is None else rank  # the estimator's default
+        shared, users = square * (1 + rank), n_users * rank
     elif deviation_penalty > 0:
         shared, users = square, n_users * square
     else:
@@ -134,7 +139,10 @@ def training_memory(n_users, n_items, n_events, *, hidden_size=32, cell="gru",
     if loss == "full":
         dense_updates += (hidden_size + 1) * n_items
     factors = 2 if recurrent_weights == "low_rank" else 1
-    largest = max(n_items * width, counts["users"] // factors, counts["shared"])
+    shared_tensor = counts["shared"]
+    if recurrent_weights == "basis":  # the shared matrices, or the directions
+        shared_tensor = counts["shared"] - hidden_size * width
+    largest = max(n_items * width, counts["users"] // factors, shared_tensor)
     held = 0
     if validation_fraction > 0:
         held = params + statistics if refit else params

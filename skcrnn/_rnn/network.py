@@ -9,9 +9,11 @@ the parameters are
 ``recurrent`` (n_users, H, k*H), or (1, H, k*H) when shared
     the recurrent matrices: one set per user (C-GRU, C-tanh, the
     collaborative parameterisation) or one set for everybody (P-GRU);
-    with ``recurrent_kind="deviation"`` or ``"low_rank"`` the shared set,
-    to which each user adds a dense or low-rank deviation (``deviation``,
-    or ``low_rank_left`` and ``low_rank_right``; see :mod:`.weights`);
+    with ``recurrent_kind="deviation"``, ``"low_rank"`` or ``"basis"`` the
+    shared set, to which each user adds a dense, low-rank or basis deviation
+    (``deviation``; ``low_rank_left`` and ``low_rank_right``; or
+    ``basis_coefficients`` times the shared ``basis_directions``; see
+    :mod:`.weights`);
 ``output_weight`` (n_items, H) and ``output_bias`` (n_items,)
     the shared output layer: ``logits = h @ output_weight.T + output_bias``;
 ``gate_weight`` (H + 1,) and ``gate_bias`` (1,), with ``copy_history``
@@ -50,11 +52,12 @@ class CollaborativeRNN(nn.Module):
         Add the copy gate's parameters.
     dtype : torch.dtype, default=torch.float32
         Type of the parameters.
-    recurrent_kind : {"per_user", "shared", "deviation", "low_rank"}, optional
+    recurrent_kind : {"per_user", "shared", "deviation", "low_rank", "basis"}, optional
         How the recurrent matrices are parameterised (:mod:`.weights`); by
         default ``"shared"`` if ``shared`` else ``"per_user"``.
     rank : int, optional
-        The rank of ``"low_rank"`` deviations (only with it).
+        The rank of ``"low_rank"`` deviations, or the number of shared
+        directions of ``"basis"`` (only with those).
 
     Attributes
     ----------

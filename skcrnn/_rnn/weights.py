@@ -1,7 +1,7 @@
 """Who has which recurrent matrices: per-user, shared, shared plus a deviation.
 
 A collaborative network's recurrent matrices ``R_u`` (``H x k*H``, see
-:mod:`.cells`) are parameterised in one of four ways (the ``kind``):
+:mod:`.cells`) are parameterised in one of five ways (the ``kind``):
 
 ``"per_user"``
     ``recurrent`` (n_users, H, k*H): each user's own dense matrices, the
@@ -17,7 +17,15 @@ A collaborative network's recurrent matrices ``R_u`` (``H x k*H``, see
     ``low_rank_right`` (n_users, k, H, rank): per gate block ``b`` (columns
     ``b*H .. (b+1)*H``), ``R_u[:, block b] = R[:, block b] + U_u^b V_u^b.T``
     with ``U_u^b = low_rank_left[u, b]`` and ``V_u^b = low_rank_right[u, b]``,
-    each ``H x rank``.
+    each ``H x rank``;
+``"basis"``
+    ``recurrent`` (1, H, k*H) shared plus ``basis_directions`` (rank, H, k*H),
+    shared too, and ``basis_coefficients`` (n_users, rank): ``R_u = R +
+    sum_j c_uj A_j`` with ``c_u = basis_coefficients[u]`` and ``A_j =
+    basis_directions[j]``. A user is ``rank`` numbers (the compact kind:
+    the users' deviations, stacked, have rank ``rank``); the map from
+    coefficients to matrices is linear, so the mean coefficients give the
+    mean matrices.
 
 In every kind but ``"shared"`` the per-user tensors are indexed by user along
 their first dimension (``row_indexed``), so that a training step reads, and
@@ -36,7 +44,9 @@ mean of the known users' matrices.
 import torch
 
 #: The parameterisations, by name.
-KINDS = ("per_user", "shared", "deviation", "low_rank")
+KINDS = ("per_user", "shared", "deviation", "low_rank", "basis")
+#: The directions of ``"basis"`` when the estimator's ``rank`` is None.
+BASIS_RANK = 16
 
 
 class PerUser:
@@ -238,6 +248,83 @@ class LowRank(PerUser):
             network.low_rank_left, network.low_rank_right, dtype)
 
 
+class Basis(PerUser):
+    """Shared matrices plus a per-user combination of ``rank`` shared directions."""
+
+    kind = "basis"
+    has_deviation = True
+
+    def __init__(self, n_blocks, hidden_size, rank=None):
+        super().__init__(n_blocks, hidden_size)
+        most = n_blocks * hidden_size * hidden_size
+        if rank is None or not 1 <= int(rank) <= most:
+            raise ValueError(f"rank must be in [1, {most}] (the elements of the "
+                             f"recurrent matrices); got {rank!r}.")
+        self.rank = int(rank)
+
+    def recurrent_sets(self, n_users):
+        return 1
+
+    def extra_shapes(self, n_users):
+        size = self.hidden_size
+        return {"basis_coefficients": (n_users, self.rank),
+                "basis_directions": (self.rank, size, self.n_blocks * size)}
+
+    def row_indexed(self):
+        return {"basis_coefficients": "user"}
+
+    def n_users(self, network):
+        return network.basis_coefficients.shape[0]
+
+    def reset(self, network, generator, std):
+        """Zero coefficients (every user at the shared matrices), directions drawn.
+
+        The directions are drawn like the other weights, N(0, std), after
+        them: the start is the shared network's of the same seed, and the
+        coefficients receive a gradient (``<G_u, A_j>``) from the first step.
+        """
+        network.basis_coefficients.zero_()
+        draw = torch.randn(network.basis_directions.shape, generator=generator,
+                           dtype=network.basis_directions.dtype)
+        network.basis_directions.copy_(draw.mul_(std))
+
+    def for_step(self, network, users, rows):
+        coefficients = rows.read("basis_coefficients", network.basis_coefficients,
+                                 users)
+        deviation = compose_basis(coefficients, network.basis_directions)
+        return network.recurrent[0] + deviation, deviation
+
+    def _known(self, network, users, dtype):
+        coefficients = network.basis_coefficients.index_select(0, users)
+        directions, shared = network.basis_directions, network.recurrent[0]
+        if dtype is not None:
+            coefficients, directions, shared = (
+                coefficients.to(dtype), directions.to(dtype), shared.to(dtype))
+        return shared + compose_basis(coefficients, directions)
+
+    def _mean(self, network, dtype):
+        mean = network.basis_coefficients.mean(dim=0, dtype=dtype)
+        return network.recurrent[0].to(dtype) + compose_basis(
+            mean[None], network.basis_directions.to(dtype))[0]
+
+
+def compose_basis(coefficients, directions):
+    """The deviations ``sum_j c_uj A_j`` of a batch of users: one product.
+
+    Parameters
+    ----------
+    coefficients : Tensor of shape (B, rank)
+    directions : Tensor of shape (rank, H, k*H)
+
+    Returns
+    -------
+    Tensor of shape (B, H, k*H)
+    """
+    rank, size, width = directions.shape
+    flat = torch.matmul(coefficients, directions.reshape(rank, size * width))
+    return flat.view(coefficients.shape[0], size, width)
+
+
 def compose_low_rank(left, right):
     """The deviations ``[U^0 V^0.T | U^1 V^1.T | ...]`` of a batch of users.
 
@@ -295,11 +382,11 @@ def best_low_rank(deviation, n_blocks, rank):
 def make_weights(kind, n_blocks, hidden_size, rank=None):
     """The parameterisation named ``kind`` (one of :data:`KINDS`)."""
     classes = {"per_user": PerUser, "shared": Shared, "deviation": Deviation,
-               "low_rank": LowRank}
+               "low_rank": LowRank, "basis": Basis}
     if kind not in classes:
         raise ValueError(f"recurrent weights must be one of {list(KINDS)}; got "
                          f"{kind!r}.")
-    if kind != "low_rank" and rank is not None:
-        raise ValueError(f"rank is only used by low-rank weights, not {kind!r}; "
-                         f"got rank={rank!r}.")
+    if kind not in ("low_rank", "basis") and rank is not None:
+        raise ValueError(f"rank is only used by low-rank and basis weights, not "
+                         f"{kind!r}; got rank={rank!r}.")
     return classes[kind](n_blocks, hidden_size, rank)
