@@ -77,8 +77,9 @@ def test_more_processes_than_users_is_refused_before_training():
     {"copy_history": True, "optimizer": "adam"},
     {"recurrent_weights": "shared"},
     {"recurrent_weights": "low_rank", "rank": 2},
+    {"recurrent_weights": "basis", "rank": 3},
     {"loss": "sampled", "n_negatives": 6},
-], ids=["C-GRU", "copy-adam", "P-GRU", "low-rank", "sampled"])
+], ids=["C-GRU", "copy-adam", "P-GRU", "low-rank", "basis", "sampled"])
 def test_two_processes_give_the_parameters_of_one(tmp_path, params):
     settings = {**SETTINGS, **params}
     codes, errors, outputs = run_ranks(tmp_path, "fit", settings)

@@ -367,7 +367,9 @@ def test_default_rank_is_four_at_most_hidden_size(old_events):
 @pytest.mark.parametrize("options", [
     dict(), dict(cell="tanh"), dict(recurrent_weights="shared"),
     dict(deviation_penalty=0.5), dict(recurrent_weights="low_rank"),
-    dict(recurrent_weights="low_rank", rank=3, cell="tanh")])
+    dict(recurrent_weights="low_rank", rank=3, cell="tanh"),
+    dict(recurrent_weights="basis"), dict(recurrent_weights="basis", rank=5, cell="tanh"),
+    dict(recurrent_weights="basis", rank=3, deviation_penalty=0.5)])
 def test_memory_model_counts_the_networks_parameters_and_statistics(options):
     from skcrnn._rnn.memory import FLOAT, parameter_count, training_memory
     model = CollaborativeGRURecommender(hidden_size=5, **options)

@@ -28,6 +28,7 @@ from .conftest import TINY_RNN as TINY, random_events
 from .test_rnn import naive_scores, naive_training_loss, tiny_sequences
 from .test_rnn_checkpoint import (PARAMS as CHECKPOINT_PARAMS, Interrupted,
                                   assert_same_fit, count_chunks, read_checkpoint)
+from .test_rnn_basis import BasisNaive, basis_composed
 from .test_rnn_low_rank import LowRankNaive, composed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,6 +38,8 @@ def deviations(network, dtype=torch.float64):
     """``R_u - R`` of every user, from the parameters (one user at a time for low rank)."""
     if network.recurrent_kind == "deviation":
         return network.deviation.to(dtype)
+    if network.recurrent_kind == "basis":
+        return basis_composed(network, dtype) - network.recurrent.to(dtype)
     return composed(network, dtype) - network.recurrent.to(dtype)
 
 
@@ -52,8 +55,9 @@ class DeviationNaive(test_rnn.Naive):
 @pytest.fixture
 def naive_of_kind(monkeypatch):
     def patch(kind):
-        monkeypatch.setattr(test_rnn, "Naive",
-                            DeviationNaive if kind == "deviation" else LowRankNaive)
+        naive = {"deviation": DeviationNaive, "low_rank": LowRankNaive,
+                 "basis": BasisNaive}
+        monkeypatch.setattr(test_rnn, "Naive", naive[kind])
     return patch
 
 
@@ -82,7 +86,7 @@ def naive_penalties(network, lengths, batch_size, chunk_size, penalty):
 def penalised_network(kind, n_users, seed=5):
     generator = torch.Generator().manual_seed(seed)
     network = CollaborativeRNN(n_users, 6, 4, dtype=torch.float64, recurrent_kind=kind,
-                               rank=2 if kind == "low_rank" else None
+                               rank={"low_rank": 2, "basis": 3}.get(kind)
                                ).reset_parameters(generator)
     with torch.no_grad():  # deviations away from zero, a non-zero bias
         for name in network.weights.row_indexed():
@@ -93,7 +97,7 @@ def penalised_network(kind, n_users, seed=5):
 
 # ------------------------------------------------------- penalty, naive
 @pytest.mark.parametrize("bptt", ["manual", "autograd"])
-@pytest.mark.parametrize("kind", ["deviation", "low_rank"])
+@pytest.mark.parametrize("kind", ["deviation", "low_rank", "basis"])
 def test_penalised_loss_and_gradients_match_naive_loop(kind, bptt, naive_of_kind):
     naive_of_kind(kind)
     sequences, lengths, items_of = tiny_sequences()
@@ -129,7 +133,7 @@ def test_penalised_loss_and_gradients_match_naive_loop(kind, bptt, naive_of_kind
                                    rtol=1e-8, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("kind", ["deviation", "low_rank"])
+@pytest.mark.parametrize("kind", ["deviation", "low_rank", "basis"])
 def test_an_epochs_penalty_is_lambda_times_the_summed_squared_deviations(kind):
     """Over a pass (weights fixed), the steps' penalties times their slots sum
     to ``lambda sum_u ||D_u||^2`` over the users with events."""
