@@ -42,6 +42,8 @@ VARIANTS = {
                                    candidate_activation="tanh"),
     "P-GRU (sigmoid candidate)": dict(cell="gru", recurrent_weights="shared",
                                       candidate_activation="sigmoid"),
+    "low rank r=4": dict(cell="gru", recurrent_weights="low_rank", rank=4,
+                         candidate_activation="sigmoid"),
     # the compact per-user weights (issue 27): K shared directions, K floats a user
     "basis K=8": dict(cell="gru", recurrent_weights="basis", rank=8,
                       candidate_activation="sigmoid"),
@@ -51,9 +53,15 @@ VARIANTS = {
                        candidate_activation="sigmoid"),
     "basis K=64": dict(cell="gru", recurrent_weights="basis", rank=64,
                        candidate_activation="sigmoid"),
+    "basis K=128": dict(cell="gru", recurrent_weights="basis", rank=128,
+                        candidate_activation="sigmoid"),
+    "basis K=256": dict(cell="gru", recurrent_weights="basis", rank=256,
+                        candidate_activation="sigmoid"),
+    "basis K=333": dict(cell="gru", recurrent_weights="basis", rank=333,
+                        candidate_activation="sigmoid"),
 }
-#: run by default: the paper's variants (the basis ones on request, --models)
-DEFAULT_MODELS = [name for name in VARIANTS if not name.startswith("basis")]
+#: run by default: the paper's variants (low rank and basis on request, --models)
+DEFAULT_MODELS = [name for name in VARIANTS if not name.startswith(("basis", "low"))]
 PAPER_BRIGHTKITE = dict(hidden_size=32, learning_rate=0.0075, rho=0.997,
                         chunk_size=64, batch_size=20)
 

@@ -23,6 +23,11 @@ Configurations (``--configs``):
 ``low-rank-sampled`` ``recurrent_weights="low_rank"``, ``loss="sampled"``, once
                     per number of negatives of ``--negatives`` (``128,512``:
                     ``low-rank-sampled-128`` and ``low-rank-sampled-512``).
+``basis-full``      ``recurrent_weights="basis"`` with ``rank=--basis-rank``
+                    shared directions (a user is that many coefficients),
+                    full softmax;
+``basis-sampled``   the same with ``loss="sampled"``, once per number of
+                    negatives (``basis-sampled-128``);
 ``low-rank-sampled-gloo2``  the same on 2 processes launched by ``torchrun``
                     (:func:`skcrnn.fit_distributed`, gloo), each with
                     ``--threads`` threads and half of the users; one row per
@@ -58,7 +63,13 @@ CONFIGS = {
     "low-rank-full": dict(recurrent_weights="low_rank"),
     "low-rank-sampled": dict(recurrent_weights="low_rank", loss="sampled"),
     "low-rank-sampled-gloo2": dict(recurrent_weights="low_rank", loss="sampled"),
+    "basis-full": dict(recurrent_weights="basis"),
+    "basis-sampled": dict(recurrent_weights="basis", loss="sampled"),
 }
+#: Configurations run by default (the basis ones on request, ``--configs``).
+DEFAULT_CONFIGS = [name for name in CONFIGS if not name.startswith("basis")]
+#: Configurations run once per number of negatives.
+SAMPLED = ("low-rank-sampled", "basis-sampled")
 #: Processes of the configurations launched by torchrun.
 PROCESSES = {"low-rank-sampled-gloo2": 2}
 
@@ -67,7 +78,7 @@ def expand(configs, negatives):
     """Configuration names, ``low-rank-sampled`` once per number of negatives."""
     names = []
     for name in configs.split(","):
-        if name.startswith("low-rank-sampled"):
+        if name.startswith(SAMPLED):
             names += [f"{name}-{n}" for n in negatives.split(",")]
         else:
             names.append(name)
@@ -76,7 +87,7 @@ def expand(configs, negatives):
 
 def base_name(name):
     """The configuration of an expanded name: its number of negatives dropped."""
-    return name.rsplit("-", 1)[0] if name.startswith("low-rank-sampled") else name
+    return name.rsplit("-", 1)[0] if name.startswith(SAMPLED) else name
 
 
 def parse_args(argv=None):
@@ -86,12 +97,14 @@ def parse_args(argv=None):
     parser.add_argument("--events", type=int, default=2_500_000)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--basis-rank", type=int, default=16,
+                        help="shared directions of the basis configurations")
     parser.add_argument("--negatives", default="128",
                         help="negatives of low-rank-sampled, a comma-separated list")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
     parser.add_argument("--port", type=int, default=29531,
                         help="rendezvous port of the torchrun configurations")
     parser.add_argument("--memory-table", action="store_true")
@@ -106,6 +119,8 @@ def params_of(name, args):
                   random_state=args.seed, **CONFIGS[base_name(name)])
     if params["recurrent_weights"] == "low_rank":
         params["rank"] = args.rank
+    if params["recurrent_weights"] == "basis":
+        params["rank"] = args.basis_rank
     if params.get("loss") == "sampled":
         params["n_negatives"] = int(name.rsplit("-", 1)[1])
     return params
@@ -215,6 +230,7 @@ def main(argv=None):
     import torch
     print(f"skcrnn scale benchmark: {args.users:,} users, {args.items:,} items, "
           f"{args.events:,} events, hidden {args.hidden}, rank {args.rank}, "
+          f"basis rank {args.basis_rank}, "
           f"negatives {args.negatives}, {args.epochs} epoch(s), {args.threads} "
           f"thread(s); torch {torch.__version__}, {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f}", flush=True)
@@ -237,9 +253,9 @@ def main(argv=None):
                                 f"--nproc_per_node={processes}",
                                 "--master_addr=127.0.0.1",
                                 f"--master_port={args.port}"]
-            command += [f"--{key}={getattr(args, key)}" for key in
-                        ("users", "items", "events", "hidden", "rank", "negatives",
-                         "epochs", "threads", "seed")]
+            command += [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in
+                        ("users", "items", "events", "hidden", "rank", "basis_rank",
+                         "negatives", "epochs", "threads", "seed")]
             started = time.perf_counter()
             output = subprocess.run(command, check=True, capture_output=True,
                                     text=True).stdout
@@ -271,9 +287,9 @@ def print_table(results):
               f"{model:.2f} | {result['error']:.4f} |")
     ran = {r["config"]: r for r in results if "epochs" in r}
     for name, result in ran.items():
-        if not name.startswith("low-rank-sampled"):
+        if not name.startswith(SAMPLED):
             continue
-        references = ["low-rank-full"]
+        references = [name.split("-sampled")[0] + "-full"]
         if "gloo" in name:  # also against its one-process twin
             references.append(name.replace("-gloo2", ""))
         for reference in references:
@@ -297,6 +313,14 @@ def most_users(memory, budget, **options):
     return low
 
 
+def per_user_floats(options, hidden=64):
+    """Per-user recurrent parameters of one user at ``hidden`` (the memory model)."""
+    from skcrnn._rnn.memory import parameter_count
+    keys = ("recurrent_weights", "rank")
+    return parameter_count(1, 1, hidden, **{key: options[key] for key in keys
+                                            if key in options})["users"]
+
+
 def memory_table():
     """What fits in 16 and 80 GB of GPU memory, by the memory model."""
     from skcrnn._rnn.memory import training_memory
@@ -307,7 +331,17 @@ def memory_table():
     variants = {"per_user + full": {},
                 "low_rank r=8 + full": dict(recurrent_weights="low_rank", rank=8),
                 "low_rank r=8 + sampled": dict(recurrent_weights="low_rank", rank=8,
-                                               loss="sampled", n_negatives=512)}
+                                               loss="sampled", n_negatives=512),
+                "basis K=16 + full": dict(recurrent_weights="basis", rank=16),
+                "basis K=16 + sampled": dict(recurrent_weights="basis", rank=16,
+                                             loss="sampled", n_negatives=512),
+                "basis K=333 + sampled": dict(recurrent_weights="basis", rank=333,
+                                              loss="sampled", n_negatives=512)}
+    print("Per-user floats at H=64 (GRU), by the memory model: "
+          + ", ".join(f"{name.split(' +')[0]} {per_user_floats(options)}"
+                      for name, options in variants.items() if "sampled" not in name)
+          + f", basis K=333 {per_user_floats(dict(recurrent_weights='basis', rank=333))}"
+          + "\n")
     print("Most users that fit, by the memory model (skcrnn._rnn.memory), on a GPU: "
           "GRU, RMSProp, batches of 20 x 64, 100 events per user, sampled with 512 "
           "negatives; default early stopping (validation and refit) / no validation\n")

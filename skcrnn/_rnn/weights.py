@@ -41,6 +41,8 @@ a penalty), and :meth:`~PerUser.for_users` for scoring, where unknown users
 mean of the known users' matrices.
 """
 
+import math
+
 import torch
 
 #: The parameterisations, by name.
@@ -279,14 +281,20 @@ class Basis(PerUser):
     def reset(self, network, generator, std):
         """Zero coefficients (every user at the shared matrices), directions drawn.
 
-        The directions are drawn like the other weights, N(0, std), after
-        them: the start is the shared network's of the same seed, and the
-        coefficients receive a gradient (``<G_u, A_j>``) from the first step.
+        The directions are drawn after the other weights, from N(0, std^2 /
+        rank): the start is the shared network's of the same seed, the
+        coefficients receive a gradient (``<G_u, A_j>``) from the first step,
+        and a step of RMSProp, which moves every coefficient by about the
+        learning rate whatever its gradient's scale, moves a user's matrices
+        by about as much whatever the number of directions (drawn with the
+        other weights' ``std``, the users' first steps were ``sqrt(rank)``
+        times larger, and the error on Foursquare worse; see the "Scaling
+        out" page).
         """
         network.basis_coefficients.zero_()
         draw = torch.randn(network.basis_directions.shape, generator=generator,
                            dtype=network.basis_directions.dtype)
-        network.basis_directions.copy_(draw.mul_(std))
+        network.basis_directions.copy_(draw.mul_(std / math.sqrt(self.rank)))
 
     def for_step(self, network, users, rows):
         coefficients = rows.read("basis_coefficients", network.basis_coefficients,
