@@ -87,9 +87,12 @@ def test_two_processes_give_the_parameters_of_one(tmp_path, params):
     distributed = CollaborativeGRURecommender.load(tmp_path / "model.skcrnn")
     single = CollaborativeGRURecommender(**settings).fit(events())
     assert distributed.best_epoch_ == single.best_epoch_
+    # basis coefficients grow to ~1.6 at this learning rate; the directions'
+    # gradient, summed over two ranks in another order, rounds to 2e-5 there
+    tolerance = 5e-5 if params.get("recurrent_weights") == "basis" else 1e-5
     for name, tensor in single.network_.state_dict().items():
         torch.testing.assert_close(distributed.network_.state_dict()[name], tensor,
-                                   rtol=1e-5, atol=1e-5, msg=name)
+                                   rtol=tolerance, atol=tolerance, msg=name)
     for name, state in single.optimizer_state_["state"].items():
         for key, tensor in state.items():
             torch.testing.assert_close(

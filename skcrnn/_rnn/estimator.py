@@ -84,19 +84,25 @@ class CollaborativeGRURecommender(TorchRecommender):
         Step size of the optimizer.
     cell : {"gru", "tanh"}, default="gru"
         The recurrent cell.
-    recurrent_weights : {"per_user", "shared", "low_rank"}, default="per_user"
+    recurrent_weights : {"per_user", "shared", "low_rank", "basis"}, default="per_user"
         One set of recurrent matrices per user (collaborative RNN), one for
-        everybody (P-GRU), or shared matrices plus a low-rank term per user
-        (see ``rank`` and "Low-rank per-user weights" below).
+        everybody (P-GRU), shared matrices plus a low-rank term per user
+        (see ``rank`` and "Low-rank per-user weights" below), or shared
+        matrices plus each user's combination of ``rank`` shared directions,
+        a user being ``rank`` numbers (see "Compact per-user weights" below).
     rank : int or None, default=None
         With ``recurrent_weights="low_rank"``, the rank ``r`` of each user's
         term, in ``[1, hidden_size]``; None means ``min(4, hidden_size)``.
-        Only with ``"low_rank"``.
+        With ``"basis"``, the number ``K`` of shared directions (each user's
+        coefficients), in ``[1, k * hidden_size ** 2]`` (``k = 3`` for the
+        GRU, 1 for tanh): the users' deviations from the shared matrices,
+        stacked, have rank ``K``; None means 16. Only with ``"low_rank"`` or
+        ``"basis"``.
     deviation_penalty : float, default=0.0
         Shrinks each user's recurrent matrices toward matrices shared by all
         users (see "Regularised collaborative weights" below), ``>= 0`` and
         finite. ``0`` is the unpenalised model. Only with
-        ``recurrent_weights="per_user"`` or ``"low_rank"``.
+        ``recurrent_weights="per_user"``, ``"low_rank"`` or ``"basis"``.
     dropout : float, default=0.0
         Dropout rate in ``[0, 1)`` on the item input terms and on the states
         that feed the output layer, in training only (scoring uses every
@@ -355,11 +361,35 @@ class CollaborativeGRURecommender(TorchRecommender):
     singular vectors times the values, ``V`` the orthonormal ones), which is
     the mean itself when ``rank = hidden_size``.
 
+    **Compact per-user weights.** With ``recurrent_weights="basis"`` each
+    user's recurrent matrices (all gate blocks at once, ``H x k H``) are::
+
+        W^(u) = W + sum_{j=1..K} c_uj A_j,    K = rank
+
+    with ``W`` and the directions ``A_j`` shared by all users and the
+    coefficients ``c_u`` (``K`` numbers) the user's own: a user costs ``K``
+    numbers instead of ``k H^2`` (``"per_user"``) or ``2 k H r``
+    (``"low_rank"``), so that a million users fit where the per-user
+    matrices of a few tens of thousands do. A training step composes its
+    batch's matrices with one product of the batch's coefficients and the
+    directions, reads and updates only its users' coefficients (with their
+    optimizer statistics), and updates ``W`` and the directions every step.
+    Training starts with ``c_u = 0`` and the directions drawn like the
+    other weights: every user starts at the shared matrices (the network is
+    that of ``"shared"`` with the same seed), and the coefficients receive
+    gradients from the first step. The map from coefficients to matrices
+    is linear, so the mean of the known users' matrices, which an unknown
+    user is scored with, is that of the mean coefficients, and a user added
+    by :meth:`partial_fit` (also one first added by :meth:`update`) starts
+    at the mean coefficients: exactly the fallback it was scored with.
+    ``deviation_penalty`` penalises ``||sum_j c_uj A_j||^2``.
+
     **Regularised collaborative weights.** With ``deviation_penalty =
     lambda > 0``, each user's recurrent matrices are written as shared
     matrices plus the user's deviation, ``W^(u) = W + D_u`` (a dense ``D_u``
     with ``recurrent_weights="per_user"``, ``D_u = U_u V_u^T`` per block with
-    ``"low_rank"``), and training minimises::
+    ``"low_rank"``, ``D_u = sum_j c_uj A_j`` with ``"basis"``), and training
+    minimises::
 
         sum over training events of -log P(item | history)
             + lambda * sum_u ||D_u||^2        (squared Frobenius norm, all gates)
