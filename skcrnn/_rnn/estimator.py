@@ -374,15 +374,19 @@ class CollaborativeGRURecommender(TorchRecommender):
     batch's matrices with one product of the batch's coefficients and the
     directions, reads and updates only its users' coefficients (with their
     optimizer statistics), and updates ``W`` and the directions every step.
-    Training starts with ``c_u = 0`` and the directions drawn like the
-    other weights: every user starts at the shared matrices (the network is
-    that of ``"shared"`` with the same seed), and the coefficients receive
-    gradients from the first step. The map from coefficients to matrices
-    is linear, so the mean of the known users' matrices, which an unknown
-    user is scored with, is that of the mean coefficients, and a user added
-    by :meth:`partial_fit` (also one first added by :meth:`update`) starts
-    at the mean coefficients: exactly the fallback it was scored with.
-    ``deviation_penalty`` penalises ``||sum_j c_uj A_j||^2``.
+    Training starts with ``c_u = 0`` and the directions drawn from
+    ``N(0, 1 / (H K))``: every user starts at the shared matrices (the
+    network is that of ``"shared"`` with the same seed), the coefficients
+    receive gradients from the first step, and a step moves a user's
+    matrices by about as much whatever ``K``. The map from coefficients to
+    matrices is linear, so the mean of the known users' matrices, which an
+    unknown user is scored with, is that of the mean coefficients, and a
+    user added by :meth:`partial_fit` (also one first added by
+    :meth:`update`) starts at the mean coefficients: exactly the fallback
+    it was scored with. ``deviation_penalty`` penalises ``||sum_j c_uj
+    A_j||^2``. On the Foursquare check-ins (paper's protocol) ``K = 16``
+    scores 6.085 nats against the dense C-GRU's 5.924 and P-GRU's 6.143
+    (see the "Scaling out" page of the documentation).
 
     **Regularised collaborative weights.** With ``deviation_penalty =
     lambda > 0``, each user's recurrent matrices are written as shared
