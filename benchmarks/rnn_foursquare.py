@@ -42,6 +42,8 @@ VARIANTS = {
                                    candidate_activation="tanh"),
     "P-GRU (sigmoid candidate)": dict(cell="gru", recurrent_weights="shared",
                                       candidate_activation="sigmoid"),
+    "low rank r=1": dict(cell="gru", recurrent_weights="low_rank", rank=1,
+                         candidate_activation="sigmoid"),
     "low rank r=4": dict(cell="gru", recurrent_weights="low_rank", rank=4,
                          candidate_activation="sigmoid"),
     # the compact per-user weights (issue 27): K shared directions, K floats a user
