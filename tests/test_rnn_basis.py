@@ -285,7 +285,7 @@ def test_new_users_start_at_the_mean_coefficients(old_events):
     model = fitted(old_events, rank=3)
     old = copy.deepcopy(model.network_)
     n_users = model.n_users_
-    model.set_params(partial_epochs=0).partial_fit(
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(
         later(old_events, [(100, "i1"), (999, "i2"), (998, "i0")]))
     network = model.network_
     assert network.basis_coefficients.shape == (n_users + 2, 3)
@@ -309,7 +309,8 @@ def test_a_user_added_by_update_keeps_its_scores_when_grown(old_events):
     probe = later(old_events, [(777, "i3"), (777, "i4"), (777, "i1")]).assign(
         timestamp=lambda frame: frame["timestamp"] + pd.Timedelta(seconds=60))
     before = model.score_samples(probe)
-    model.set_params(partial_epochs=0).partial_fit(later(old_events, [(100, "i1")]))
+    model.set_params(partial_epochs=0, replay_epochs=0).partial_fit(
+        later(old_events, [(100, "i1")]))
     assert model.network_.basis_coefficients.shape[0] == model.n_users_
     np.testing.assert_allclose(model.score_samples(probe), before, rtol=1e-5)
 
@@ -317,8 +318,9 @@ def test_a_user_added_by_update_keeps_its_scores_when_grown(old_events):
 def test_partial_fit_learns_the_new_users_only_their_rows_move(old_events):
     model = fitted(old_events, rank=3)
     new = later(old_events, [(999, f"i{k % 4}") for k in range(30)])
-    grown_only = copy.deepcopy(model).set_params(partial_epochs=0).partial_fit(new)
-    model.partial_fit(new)
+    grown_only = copy.deepcopy(model).set_params(
+        partial_epochs=0, replay_epochs=0).partial_fit(new)
+    model.set_params(partial_epochs=1, replay_epochs=0).partial_fit(new)
     assert model.partial_history_[-1]["n_users"] == 1
     got, grown = model.network_.basis_coefficients, grown_only.network_.basis_coefficients
     assert not torch.equal(got[-1], grown[-1])
